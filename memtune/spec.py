@@ -1,0 +1,405 @@
+"""The MemoryTuningJob spec: the single source of truth for the CRD, the CLI and the SDK.
+
+A job is a Kubernetes-shaped document::
+
+    apiVersion: memtune.dev/v1alpha1
+    kind: MemoryTuningJob
+    metadata: {name: nba-sql}
+    spec:
+      baseModel: smollm2-135m-instruct
+      dataset: {uri: facts.jsonl}
+      finetuneArgs: {max_steps: 500, index_method: IndexFlatL2}
+      gpuConfig: {gpus: 0, nodes: 1}
+      output: {uri: runs/nba-sql}
+
+`finetuneArgs` keeps Lamini's snake_case names and defaults exactly, so a Lamini user's dict drops in.
+memtune's own knobs (which Lamini does not have) live under `memory`; cluster placement under `trainer`.
+
+A *step* is one optimizer update. Each step consumes `gradient_accumulation_steps` micro-batches of
+`memory.batchSize` examples, i.e. `batchSize * gradient_accumulation_steps` examples per step.
+
+Validation is strict: unknown keys, wrong types (a string where a number belongs) and out-of-range values
+are all rejected at once, in one `SpecError` that names every offending field by its path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+API_GROUP = "memtune.dev"
+API_VERSION = "v1alpha1"
+KIND = "MemoryTuningJob"
+PLURAL = "memorytuningjobs"
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+IndexMethod = Literal["IndexFlatL2", "IndexIVFFlat", "IndexIVFPQ", "IndexHNSWFlat", "IndexHNSWPQ", "IndexPQ"]
+Optimizer = Literal["adafactor", "adamw"]
+Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+
+# DNS-1035 label: PyTorchJob names must be one, and children are named after the job.
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Room left in a 63-character name for suffixes such as "-12-master-0".
+MAX_JOB_NAME_LENGTH = 40
+
+
+class SpecError(ValueError):
+    """A manifest or argument set is invalid. `problems` holds one `(field path, message)` per issue."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "spec"):
+        self.problems = problems
+        lines = "\n".join(f"  - {path}: {message}" for path, message in problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
+
+
+class _Strict(BaseModel):
+    """Base for every spec model: unknown keys and type coercions are errors, not silent fixes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, validate_default=True)
+
+
+class FinetuneArgs(_Strict):
+    """Lamini's finetune_args, with Lamini's names and defaults."""
+
+    max_steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer updates to run.")
+    learning_rate: float = Field(9.0e-4, gt=0, le=1.0, description="Peak learning rate of the memory experts.")
+    gradient_accumulation_steps: int = Field(
+        2, ge=1, le=1024, description="Micro-batches accumulated into one optimizer step."
+    )
+    max_finetuning_examples: int | None = Field(
+        None, ge=1, description="Use at most this many examples (first N); default: the whole dataset."
+    )
+    save_steps: int = Field(60, ge=1, description="Write a checkpoint every this many steps.")
+    max_length: int = Field(2048, ge=16, le=8192, description="Token limit of prompt + answer; a power of two.")
+    optim: Optimizer = Field("adafactor", description="Optimizer of the expert weights.")
+    r_value: int = Field(64, ge=1, le=1024, description="Rank of each memory expert's low-rank adapter.")
+    index_method: IndexMethod = Field("IndexIVFPQ", description="faiss index type that routes inputs to experts.")
+    index_k: int = Field(2, ge=1, le=64, description="Experts mixed for each input (top-k of the index).")
+    index_max_size: int = Field(
+        65536, ge=1, le=100_000_000, description="Cap on the number of memory experts; facts share experts above it."
+    )
+    index_pq_m: int = Field(8, ge=1, le=1024, description="PQ: sub-quantizers per key.")
+    index_pq_nbits: int = Field(8, ge=1, le=16, description="PQ: bits per sub-quantizer code.")
+    index_ivf_nlist: int = Field(2048, ge=1, le=1_000_000, description="IVF: number of inverted lists.")
+    index_ivf_nprobe: int = Field(48, ge=1, le=1_000_000, description="IVF: lists visited per query.")
+    index_hnsw_m: int = Field(32, ge=2, le=512, description="HNSW: neighbours per node.")
+    index_hnsw_efConstruction: int = Field(16, ge=1, le=4096, description="HNSW: search width while building.")
+    index_hnsw_efSearch: int = Field(8, ge=1, le=4096, description="HNSW: search width while querying.")
+
+    @field_validator("max_length")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two (16 ... 8192), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FinetuneArgs:
+        if self.index_ivf_nprobe > self.index_ivf_nlist:
+            raise ValueError(
+                f"index_ivf_nprobe ({self.index_ivf_nprobe}) must not exceed index_ivf_nlist ({self.index_ivf_nlist})"
+            )
+        if self.index_k > self.index_max_size:
+            raise ValueError(f"index_k ({self.index_k}) must not exceed index_max_size ({self.index_max_size})")
+        return self
+
+
+class GPUConfig(_Strict):
+    """Lamini's gpu_config: how many machines and accelerators train the job."""
+
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per node; 0 trains on CPUs only.")
+    nodes: int = Field(1, ge=1, le=512, description="Nodes (pods) taking part in data-parallel training.")
+
+
+class DatasetRef(_Strict):
+    """Where the training pairs come from: a JSONL/JSON file (`uri`) or an uploaded dataset (`id`)."""
+
+    uri: str | None = Field(
+        None, min_length=1, description="JSONL or JSON-array file: a plain path, file:// or s3:// URI."
+    )
+    id: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Content address (sha256) of a dataset stored by upload_data."
+    )
+    store: str | None = Field(
+        None, min_length=1, description="Root URI of the dataset store that holds `id` (default: ~/.cache/memtune)."
+    )
+    inputKey: str = Field("input", min_length=1, description="Field of each record holding the question.")
+    outputKey: str = Field("output", min_length=1, description="Field of each record holding the answer.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DatasetRef:
+        if (self.uri is None) == (self.id is None):
+            raise ValueError("set exactly one of dataset.uri and dataset.id")
+        return self
+
+
+class OutputRef(_Strict):
+    uri: str = Field(..., min_length=1, description="Folder or s3:// prefix; each run writes a sub-folder of it.")
+
+
+class MemoryConfig(_Strict):
+    """memtune's own knobs for the Mixture of Memory Experts (Lamini has no equivalent)."""
+
+    expertLayers: list[int] | None = Field(
+        None, min_length=1, description="Decoder layers that carry memory experts; default: the last numExpertLayers."
+    )
+    numExpertLayers: int = Field(8, ge=1, le=512, description="How many final layers carry experts by default.")
+    keyLayer: int | None = Field(
+        None, ge=0, description="Layer whose hidden states form the routing key; default: 40% of the depth."
+    )
+    gate: Literal["calibrated", "always"] = Field(
+        "calibrated",
+        description="calibrated: experts apply only when the key is close enough to a trained one; always: never gate.",
+    )
+    distanceThreshold: float | None = Field(
+        None, gt=0, description="Gate distance (squared L2 of normalised keys); default: calibrated from the data."
+    )
+    batchSize: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
+    seed: int = Field(0, ge=0, description="Seed of every random choice (initialisation, sampling, clustering).")
+
+
+class SecretRef(_Strict):
+    name: str = Field(..., min_length=1, max_length=253, description="Name of a Secret in the job's namespace.")
+
+
+class StorageConfig(_Strict):
+    """Credentials of the object storage holding datasets, models and outputs: by Secret reference only."""
+
+    secretRef: SecretRef | None = Field(
+        None,
+        description="Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION) "
+        "become the trainer's environment.",
+    )
+
+
+class KeyRef(_Strict):
+    name: str = Field(..., min_length=1)
+    key: str = Field(..., min_length=1)
+
+
+class EnvVarSource(_Strict):
+    secretKeyRef: KeyRef | None = None
+    configMapKeyRef: KeyRef | None = None
+
+
+class EnvVar(_Strict):
+    name: str = Field(..., pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    valueFrom: EnvVarSource | None = None
+
+
+class LocalObjectReference(_Strict):
+    name: str = Field(..., min_length=1)
+
+
+_K8S_OBJECT = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class TrainerPodConfig(_Strict):
+    """Placement and shape of the training pods on a cluster (ignored by local runs)."""
+
+    image: str | None = Field(None, min_length=1, description="Trainer image; default: the operator's setting.")
+    resources: dict[str, Any] | None = Field(
+        None, json_schema_extra=_K8S_OBJECT, description="Container resources (GPUs are added from gpuConfig)."
+    )
+    nodeSelector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(None, json_schema_extra={"items": _K8S_OBJECT})
+    affinity: dict[str, Any] | None = Field(None, json_schema_extra=_K8S_OBJECT)
+    priorityClassName: str | None = None
+    imagePullSecrets: list[LocalObjectReference] | None = None
+    serviceAccountName: str | None = None
+    env: list[EnvVar] | None = Field(None, description="Extra environment; secrets only through valueFrom.")
+
+
+class MemoryTuningJobSpec(_Strict):
+    baseModel: str = Field(
+        DEFAULT_BASE_MODEL, min_length=1, description="Alias, local folder, or s3:// folder of a Hugging Face model."
+    )
+    dataset: DatasetRef
+    finetuneArgs: FinetuneArgs = Field(default_factory=FinetuneArgs)
+    gpuConfig: GPUConfig = Field(default_factory=GPUConfig)
+    output: OutputRef
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    # Cluster fields: the operator reads them, local runs ignore them.
+    backend: Literal["auto", "pytorchjob", "job"] = Field(
+        "auto", description="auto: PyTorchJob where Kubeflow is installed, else a batch/v1 Job (single node only)."
+    )
+    trainer: TrainerPodConfig = Field(default_factory=TrainerPodConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    suspend: bool = Field(False, description="Hold (or pause) the training pods.")
+    backoffLimit: int = Field(3, ge=0, le=100, description="Retries after a failed attempt.")
+    activeDeadlineSeconds: int | None = Field(None, ge=1, description="Fail the job once it has run this long.")
+    ttlSecondsAfterFinished: int | None = Field(
+        None, ge=0, description="Delete the children (never the job) this long after it finishes."
+    )
+    queueName: str | None = Field(None, min_length=1, description="Kueue queue, set as kueue.x-k8s.io/queue-name.")
+
+
+class ObjectMeta(_Strict):
+    name: str = Field(..., min_length=1, max_length=MAX_JOB_NAME_LENGTH)
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_1035.match(value):
+            raise ValueError("must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter")
+        return value
+
+
+class MemoryTuningJob(_Strict):
+    apiVersion: Literal["memtune.dev/v1alpha1"] = f"{API_GROUP}/{API_VERSION}"
+    kind: Literal["MemoryTuningJob"] = KIND
+    metadata: ObjectMeta
+    spec: MemoryTuningJobSpec
+
+
+class Condition(_Strict):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int | None = None
+
+
+class Progress(_Strict):
+    step: int = Field(0, ge=0)
+    maxSteps: int = Field(0, ge=0)
+
+
+class MemoryTuningJobStatus(_Strict):
+    """What the operator reports back on the job (the CRD's status subresource)."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] | None = None
+    observedGeneration: int | None = None
+    startTime: str | None = None
+    completionTime: str | None = None
+    attempt: int | None = Field(None, ge=0, description="Current attempt; children are named {job}-{attempt}.")
+    progress: Progress | None = None
+    metrics: dict[str, float] | None = Field(None, description="Final metrics reported by the trainer.")
+    artifactsUri: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+def _format_location(prefix: str, loc: tuple[Any, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or prefix
+
+
+def problems_of(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn a pydantic error into `(field path, message)` pairs, e.g. `spec.finetuneArgs.max_steps`."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append((_format_location(prefix, tuple(item["loc"])), message))
+    return problems
+
+
+def parse_job(document: Any, source: str = "MemoryTuningJob") -> MemoryTuningJob:
+    """Validate a manifest already parsed into Python objects; raise `SpecError` listing every problem."""
+    if not isinstance(document, dict):
+        raise SpecError([("(document)", f"expected a mapping, got {type(document).__name__}")], source)
+    try:
+        return MemoryTuningJob.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(problems_of(error), source) from None
+
+
+def parse_finetune_args(args: dict[str, Any] | None) -> FinetuneArgs:
+    """Validate a Lamini-style finetune_args dict (SDK and CLI)."""
+    try:
+        return FinetuneArgs.model_validate(args or {})
+    except ValidationError as error:
+        raise SpecError(problems_of(error, "finetune_args"), "finetune_args") from None
+
+
+def parse_gpu_config(config: dict[str, Any] | None) -> GPUConfig:
+    try:
+        return GPUConfig.model_validate(config or {})
+    except ValidationError as error:
+        raise SpecError(problems_of(error, "gpu_config"), "gpu_config") from None
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads `9e-4` as a float (YAML 1.1 wants a dot in the mantissa, YAML 1.2 does not)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_job_file(path: str | Path) -> MemoryTuningJob:
+    """Read and validate a manifest file. Relative local paths are kept; `resolve_local_paths` anchors them."""
+    path = Path(path)
+    try:
+        document = load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpecError([("(yaml)", str(error))], str(path)) from None
+    return parse_job(document, str(path))
+
+
+def is_remote(uri: str) -> bool:
+    """True for object-storage URIs (s3://, gs://, ...); False for plain paths and file://."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def resolve_local_paths(job: MemoryTuningJob, base_dir: str | Path) -> MemoryTuningJob:
+    """Anchor relative local paths of a manifest (dataset, output, base model folder) at `base_dir`."""
+    base = Path(base_dir)
+
+    def anchor(uri: str | None) -> str | None:
+        if uri is None or is_remote(uri):
+            return uri
+        local = uri.removeprefix("file://")
+        return uri if Path(local).expanduser().is_absolute() else str((base / local).resolve())
+
+    spec = job.spec
+    updates: dict[str, Any] = {
+        "dataset": spec.dataset.model_copy(update={"uri": anchor(spec.dataset.uri), "store": anchor(spec.dataset.store)}),
+        "output": spec.output.model_copy(update={"uri": anchor(spec.output.uri)}),
+    }
+    model_path = spec.baseModel
+    if not is_remote(model_path) and (model_path.startswith((".", "/", "~", "file://")) or "/" in model_path):
+        candidate = anchor(model_path)
+        if candidate and Path(candidate).expanduser().exists():
+            updates["baseModel"] = candidate
+    return job.model_copy(update={"spec": spec.model_copy(update=updates)})
+
+
+def local_paths_in(spec: MemoryTuningJobSpec) -> list[tuple[str, str]]:
+    """Fields that point at this machine's disk, which a cluster pod cannot read."""
+    found = []
+    if spec.dataset.uri is not None and not is_remote(spec.dataset.uri):
+        found.append(("spec.dataset.uri", spec.dataset.uri))
+    if spec.dataset.id is not None and spec.dataset.store is not None and not is_remote(spec.dataset.store):
+        found.append(("spec.dataset.store", spec.dataset.store))
+    if not is_remote(spec.output.uri):
+        found.append(("spec.output.uri", spec.output.uri))
+    return found
