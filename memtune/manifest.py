@@ -80,5 +80,6 @@ def verify_folder(folder: str | Path) -> dict[str, Any]:
             raise IntegrityError(f"{path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != entry.get("sha256"):
-            raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match the manifest ({entry.get('sha256')!s:.12}…)")
+            expected = str(entry.get("sha256"))[:12]
+            raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match the manifest ({expected}…)")
     return manifest

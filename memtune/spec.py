@@ -382,7 +382,9 @@ def resolve_local_paths(job: MemoryTuningJob, base_dir: str | Path) -> MemoryTun
 
     spec = job.spec
     updates: dict[str, Any] = {
-        "dataset": spec.dataset.model_copy(update={"uri": anchor(spec.dataset.uri), "store": anchor(spec.dataset.store)}),
+        "dataset": spec.dataset.model_copy(
+            update={"uri": anchor(spec.dataset.uri), "store": anchor(spec.dataset.store)}
+        ),
         "output": spec.output.model_copy(update={"uri": anchor(spec.output.uri)}),
     }
     model_path = spec.baseModel
