@@ -185,11 +185,23 @@ class EnvVarSource(_Strict):
     secretKeyRef: KeyRef | None = None
     configMapKeyRef: KeyRef | None = None
 
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> EnvVarSource:
+        if (self.secretKeyRef is None) == (self.configMapKeyRef is None):
+            raise ValueError("set exactly one of secretKeyRef and configMapKeyRef")
+        return self
+
 
 class EnvVar(_Strict):
     name: str = Field(..., pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str | None = None
     valueFrom: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if self.value is not None and self.valueFrom is not None:
+            raise ValueError("set at most one of value and valueFrom")
+        return self
 
 
 class LocalObjectReference(_Strict):
@@ -237,6 +249,12 @@ class MemoryTuningJobSpec(_Strict):
         None, ge=0, description="Delete the children (never the job) this long after it finishes."
     )
     queueName: str | None = Field(None, min_length=1, description="Kueue queue, set as kueue.x-k8s.io/queue-name.")
+
+    @model_validator(mode="after")
+    def _single_node_job(self) -> MemoryTuningJobSpec:
+        if self.backend == "job" and self.gpuConfig.nodes != 1:
+            raise ValueError("backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'pytorchjob'")
+        return self
 
 
 class ObjectMeta(_Strict):
