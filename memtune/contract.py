@@ -20,7 +20,7 @@ ENV_ATTEMPT = "MEMTUNE_ATTEMPT"
 
 # Operator settings (environment of the operator's own pod).
 ENV_TRAINER_IMAGE = "MEMTUNE_TRAINER_IMAGE"
-ENV_STORAGE_SECRET = "MEMTUNE_STORAGE_SECRET"
+ENV_STORAGE_SECRET = "MEMTUNE_STORAGE_SECRET"  # noqa: S105 - the name of a variable, not a secret
 ENV_LOG_LEVEL = "MEMTUNE_LOG_LEVEL"
 
 # Progress: one stdout line per report, `MEMTUNE_PROGRESS {"step": 10, "max_steps": 100, "loss": 0.5}`.

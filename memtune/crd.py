@@ -41,7 +41,9 @@ _POWERS_OF_TWO = [2**n for n in range(4, 14)]  # 16 ... 8192, as FinetuneArgs._p
 
 # CEL rules per pydantic model (by $defs name), each mirroring a validator in memtune/spec.py.
 _MODEL_RULES: dict[str, list[dict[str, str]]] = {
-    "DatasetRef": [{"rule": "has(self.uri) != has(self.id)", "message": "set exactly one of dataset.uri and dataset.id"}],
+    "DatasetRef": [
+        {"rule": "has(self.uri) != has(self.id)", "message": "set exactly one of dataset.uri and dataset.id"}
+    ],
     "FinetuneArgs": [
         {
             "rule": f"!has(self.max_length) || self.max_length in {_POWERS_OF_TWO}",
@@ -57,7 +59,9 @@ _MODEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "index_k must not exceed index_max_size",
         },
     ],
-    "EnvVar": [{"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set at most one of value and valueFrom"}],
+    "EnvVar": [
+        {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set at most one of value and valueFrom"}
+    ],
     "EnvVarSource": [
         {
             "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",

@@ -19,7 +19,17 @@ from typing import Any
 
 # Volume types the restricted profile allows; every other source (hostPath, nfs, ...) is refused.
 ALLOWED_VOLUME_SOURCES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected", "secret"}
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "image",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 )
 # Sysctls the baseline profile calls safe (namespaced, isolated from the node).
 SAFE_SYSCTLS = frozenset(
@@ -133,9 +143,7 @@ def _context_violations(where: str, context: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _needs_on_every_container(
-    pod: dict[str, Any], what: str, holds: Callable[[dict[str, Any]], bool]
-) -> list[str]:
+def _needs_on_every_container(pod: dict[str, Any], what: str, holds: Callable[[dict[str, Any]], bool]) -> list[str]:
     """A pod-level setting missing from the pod must then be set on each container."""
     return [
         f"{list_name}[{container.get('name')}]: {what} is set neither on the pod nor on the container"

@@ -1,0 +1,47 @@
+"""kopf handlers: every trigger (create, resume after a restart, a `suspend` flip, the periodic resync) runs
+the same idempotent `Reconciler` pass and writes its status patch and Events.
+
+Handler progress and the diff base live in annotations under `memtune.dev/`, so the CRD's status stays exactly
+what `memtune.spec.MemoryTuningJobStatus` declares.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from memtune import spec
+from memtune.operator.kube import Kube
+from memtune.operator.reconcile import Reconciler
+from memtune.operator.settings import OperatorSettings
+
+RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
+SETTINGS = OperatorSettings.from_env()  # read at import: the resync interval shapes the timer below
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    logging.getLogger().setLevel(SETTINGS.log_level.upper())
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=spec.API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=spec.API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO  # Normal events (Created, Running, Succeeded) too, not only warnings
+    memo.kube = Kube.connect()
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec.suspend")
+@kopf.timer(*RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """One pass; never raises for a bad resource (the job gets Failed), only for API errors (kopf retries)."""
+    outcome = Reconciler(memo.kube, SETTINGS, datetime.datetime.now(datetime.UTC)).run(dict(body))
+    if outcome.status:
+        patch["status"] = outcome.status
+    for kind, reason, message in outcome.events:
+        logger.log(logging.WARNING if kind == "Warning" else logging.INFO, "%s: %s", reason, message)
+        kopf.event(body, type=kind, reason=reason, message=message)

@@ -1,0 +1,111 @@
+"""A small JSON-in, JSON-out client over the Kubernetes REST API, on top of the `kubernetes` package's auth.
+
+The operator needs a handful of verbs on a handful of resources; dicts in and out keep the backends' manifests
+exactly what is sent (and what the tests validate against the real schemas).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes
+
+from memtune.operator.backends import Resource
+
+Manifest = dict[str, Any]
+
+CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
+PODS = Resource("", "v1", "pods", "Pod")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition")
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"Kubernetes API error {status}: {message}")
+
+
+def _path(resource: Resource, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    path = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{resource.plural}"
+    for part in (name, sub):
+        if part:
+            path += f"/{part}"
+    return path
+
+
+class Kube:
+    """Kubernetes API access with the operator's service account (or the kubeconfig outside a cluster)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient):
+        self._api = api
+
+    @classmethod
+    def connect(cls) -> Kube:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._api.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            )  # fmt: skip
+        except kubernetes.client.ApiException as error:
+            raise KubeError(error.status or 0, error.reason or str(error)) from None
+        text = response.data.decode("utf-8")
+        if path.endswith("/log"):
+            return text
+        return json.loads(text) if text else None
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> Manifest | None:
+        try:
+            return self._call("GET", _path(resource, namespace, name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def create(self, resource: Resource, namespace: str, body: Manifest) -> bool:
+        """Create `body`; False when an object of that name exists already (creation is idempotent by name)."""
+        try:
+            self._call("POST", _path(resource, namespace), body)
+        except KubeError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def patch(self, resource: Resource, namespace: str, name: str, body: Manifest) -> None:
+        self._call("PATCH", _path(resource, namespace, name), body)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> None:
+        """Delete with background propagation (pods go with their job); a missing object is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", _path(resource, namespace, name), body)
+        except KubeError as error:
+            if error.status != 404:
+                raise
+
+    def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        listing = self._call("GET", _path(PODS, namespace), query=[("labelSelector", selector)])
+        return listing.get("items") or []
+
+    def pod_log(self, namespace: str, name: str, container: str, tail_lines: int) -> str:
+        query = [("container", container), ("tailLines", str(tail_lines))]
+        return self._call("GET", _path(PODS, namespace, name, "log"), query=query)
+
+    def has_crd(self, name: str) -> bool:
+        return self.get(CRDS, None, name) is not None

@@ -1,0 +1,222 @@
+"""The reconciler: one idempotent pass from a MemoryTuningJob's spec and its children to its status.
+
+It is level-triggered: every pass looks at what exists (the attempt's child, its pods) and decides from that
+alone, so a create, a resume after an operator restart and a periodic resync all run the same code, and a
+restart mid-way never makes a second child (children have deterministic names: `{job}-{attempt}`).
+
+    spec invalid / local paths ........................ Failed (reason names the field)
+    no child for the current attempt .................. create ConfigMap + child → Queued (or Suspended)
+    child running ..................................... Running, progress from the rank-0 log
+    child succeeded ................................... Succeeded, metrics + artifactsUri from the termination message
+    child failed, retries left, failure retryable ..... attempt + 1 → Queued (the next pass creates the child)
+    child failed otherwise, deadline passed ........... Failed
+    finished + ttlSecondsAfterFinished elapsed ........ children deleted, the job kept
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from memtune import contract
+from memtune.operator import observe, pods
+from memtune.operator.backends import BACKENDS, Backend, ChildPhase, choose_backend
+from memtune.operator.kube import CONFIG_MAPS, Kube
+from memtune.operator.settings import OperatorSettings
+from memtune.operator.status import TERMINAL_PHASES, conditions_for, phase_reason
+from memtune.spec import MemoryTuningJob, SpecError, local_paths_in, parse_job
+
+Manifest = dict[str, Any]
+KUBEFLOW_CRD = "pytorchjobs.kubeflow.org"
+LOG_TAIL_LINES = 50
+
+
+@dataclass
+class Outcome:
+    """What one pass decided: a merge patch for `.status` and the Events to emit (type, reason, message)."""
+
+    status: Manifest = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _timestamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: OperatorSettings, now: datetime.datetime):
+        self.kube = kube
+        self.settings = settings
+        self.now = now
+
+    def run(self, body: Manifest) -> Outcome:
+        status = dict(body.get("status") or {})
+        outcome = Outcome()
+        if status.get("phase") in TERMINAL_PHASES:
+            self._expire_children(body, status)
+            return outcome
+        try:
+            job = _parse(body)
+        except SpecError as error:
+            return self._finish(body, status, outcome, "Failed", "InvalidSpec", _one_line(error))
+        local = local_paths_in(job.spec)
+        if local:
+            fields = ", ".join(f"{path}={value!r}" for path, value in local)
+            message = f"local paths cannot be read on a cluster: {fields}; use s3:// (or another object store) URIs"
+            return self._finish(body, status, outcome, "Failed", "LocalPath", message)
+        try:
+            backend = choose_backend(job, kubeflow_installed=self._kubeflow_installed(job))
+        except ValueError as error:
+            return self._finish(body, status, outcome, "Failed", "KubeflowMissing", str(error))
+        return self._drive(body, job, backend, status, outcome)
+
+    def _kubeflow_installed(self, job: MemoryTuningJob) -> bool:
+        return job.spec.backend == "auto" and self.kube.has_crd(KUBEFLOW_CRD)
+
+    def _drive(self, body: Manifest, job: MemoryTuningJob, backend: Backend, status: Manifest, out: Outcome) -> Outcome:
+        namespace, name = job.metadata.namespace or "default", job.metadata.name
+        attempt = int(status.get("attempt") or 0)
+        child_name = contract.child_name(name, attempt)
+
+        deadline = job.spec.activeDeadlineSeconds
+        if deadline and status.get("startTime"):
+            elapsed = (self.now - _parse_time(status["startTime"])).total_seconds()
+            if elapsed > deadline:
+                self.kube.delete(backend.resource, namespace, child_name)
+                message = f"ran {int(elapsed)}s, over activeDeadlineSeconds={deadline}"
+                return self._finish(body, status, out, "Failed", "DeadlineExceeded", message)
+
+        child = self.kube.get(backend.resource, namespace, child_name)
+        if child is None:
+            self.kube.create(CONFIG_MAPS, namespace, pods.spec_config_map(job, attempt, body))
+            if self.kube.create(backend.resource, namespace, backend.build(job, attempt, body, self.settings)):
+                out.events.append(("Normal", "Created", f"created {backend.resource.kind} {child_name}"))
+            phase, reason = ("Suspended", "Suspended") if job.spec.suspend else ("Queued", "Created")
+            message = f"{backend.resource.kind} {child_name} (attempt {attempt})"
+            return self._set(body, status, out, phase, reason, message, attempt=attempt)
+
+        if backend.is_suspended(child) != job.spec.suspend:
+            self.kube.patch(backend.resource, namespace, child_name, backend.suspend_patch(job.spec.suspend))
+            verb = "suspended" if job.spec.suspend else "resumed"
+            out.events.append(("Normal", verb.capitalize(), f"{verb} {backend.resource.kind} {child_name}"))
+            if job.spec.suspend:
+                return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
+            return self._set(body, status, out, "Queued", "Resumed", f"{child_name} resumed")
+
+        pod_list = self.kube.list_pods(namespace, pods.pod_selector(name, attempt))
+        failure = observe.diagnose(pod_list)
+        state = backend.state(child)
+        if failure is not None and failure.permanent:
+            # e.g. an image that cannot be pulled: the pods would wait forever, so release the nodes.
+            self.kube.delete(backend.resource, namespace, child_name)
+            return self._finish(body, status, out, "Failed", failure.reason, failure.message)
+        if state.phase is ChildPhase.SUCCEEDED:
+            return self._succeed(body, status, out, observe.master_pod(pod_list))
+        if state.phase is ChildPhase.FAILED:
+            reason, message = (failure.reason, failure.message) if failure else ("AttemptFailed", state.message)
+            return self._retry_or_fail(body, job, status, out, attempt, reason, message)
+        if state.phase is ChildPhase.SUSPENDED:
+            return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
+        if state.phase is ChildPhase.RUNNING:
+            progress = self._progress(namespace, observe.master_pod(pod_list))
+            extra = {"startTime": status.get("startTime") or _timestamp(self.now)}
+            if progress is not None:
+                extra["progress"] = progress
+            return self._set(body, status, out, "Running", "Training", f"{child_name} is training", **extra)
+        return self._set(body, status, out, "Queued", "Waiting", f"{child_name} is waiting for its pods")
+
+    def _progress(self, namespace: str, master: Manifest | None) -> Manifest | None:
+        if master is None:
+            return None
+        log = self.kube.pod_log(namespace, master["metadata"]["name"], contract.CONTAINER_NAME, LOG_TAIL_LINES)
+        report = observe.last_progress(log)
+        if report is None:
+            return None
+        return {"step": report["step"], "maxSteps": int(report.get("max_steps") or 0)}
+
+    def _succeed(self, body: Manifest, status: Manifest, out: Outcome, master: Manifest | None) -> Outcome:
+        result = observe.final_result(master) if master is not None else {}
+        extra: Manifest = {}
+        metrics = {key: value for key, value in (result.get("metrics") or {}).items() if isinstance(value, int | float)}
+        if metrics:
+            extra["metrics"] = metrics
+        if isinstance(result.get("artifactsUri"), str):
+            extra["artifactsUri"] = result["artifactsUri"]
+        message = f"artifacts at {extra['artifactsUri']}" if "artifactsUri" in extra else "training finished"
+        return self._finish(body, status, out, "Succeeded", "Succeeded", message, **extra)
+
+    def _retry_or_fail(
+        self,
+        body: Manifest,
+        job: MemoryTuningJob,
+        status: Manifest,
+        out: Outcome,
+        attempt: int,
+        reason: str,
+        message: str,
+    ) -> Outcome:
+        if attempt >= job.spec.backoffLimit:
+            limit = f"backoffLimit={job.spec.backoffLimit} reached: {message}"
+            return self._finish(body, status, out, "Failed", reason, limit)
+        following = attempt + 1
+        retry = f"attempt {attempt} failed ({reason}: {message}); starting attempt {following}"
+        out.events.append(("Warning", reason, retry))
+        return self._set(body, status, out, "Queued", "Retrying", retry, attempt=following)
+
+    def _expire_children(self, body: Manifest, status: Manifest) -> None:
+        """ttlSecondsAfterFinished: delete every attempt's child and ConfigMap; the job itself stays."""
+        ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
+        finished = status.get("completionTime")
+        if ttl is None or not finished or (self.now - _parse_time(finished)).total_seconds() < ttl:
+            return
+        namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
+        for attempt in range(int(status.get("attempt") or 0) + 1):
+            for resource in (*(backend.resource for backend in BACKENDS.values()), CONFIG_MAPS):
+                child = contract.child_name(name, attempt)
+                target = contract.spec_config_map_name(name, attempt) if resource is CONFIG_MAPS else child
+                self.kube.delete(resource, namespace, target)
+
+    def _finish(
+        self, body: Manifest, status: Manifest, out: Outcome, phase: str, reason: str, message: str, **extra: Any
+    ) -> Outcome:
+        extra["completionTime"] = _timestamp(self.now)
+        if phase == "Failed":
+            out.events.append(("Warning", reason, message))
+        return self._set(body, status, out, phase, reason, message, **extra)
+
+    def _set(
+        self, body: Manifest, status: Manifest, out: Outcome, phase: str, reason: str, message: str, **extra: Any
+    ) -> Outcome:
+        generation = body["metadata"].get("generation")
+        now = _timestamp(self.now)
+        out.status = {
+            "phase": phase,
+            "conditions": conditions_for(status.get("conditions"), phase, reason, message, generation, now),
+            "observedGeneration": generation,
+            **extra,
+        }
+        if (phase, reason) != phase_reason(status) and phase in ("Running", "Succeeded"):
+            out.events.append(("Normal", phase, message))
+        return out
+
+
+def _parse(body: Manifest) -> MemoryTuningJob:
+    """Validate the custom resource with the same models as local runs (the CRD may be older than the operator)."""
+    meta = body.get("metadata") or {}
+    document = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": body.get("spec"),
+    }
+    return parse_job(document, "MemoryTuningJob")
+
+
+def _one_line(error: SpecError) -> str:
+    """A condition message naming every bad field: `spec.finetuneArgs.max_steps: ...; spec.output: ...`."""
+    return "invalid spec: " + "; ".join(f"{path}: {message}" for path, message in error.problems)

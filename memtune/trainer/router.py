@@ -1,0 +1,75 @@
+"""Routing: prompt key -> faiss top-k slots -> experts and mixing weights -> distance gate.
+
+Every trained question owns one slot (its key). A slot points at an expert: its own, or a shared one when the
+questions outnumber `index_max_size` (see bank.py). For a query key q:
+
+    slots, _ = index.search(q, k)                      # (B, k) nearest trained questions
+    dist     = ||q - keys[slots]||²                    # (B, k) exact, even when the index is approximate (PQ)
+    weights  = softmax(-dist / temperature)            # (B, k) the nearest question dominates
+    gated    = dist[:, 0] > threshold                  # (B,)  too far from every trained question: base model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from memtune.trainer.experts import Route
+
+
+@dataclass
+class Routing:
+    """The routing decision for a batch of prompts."""
+
+    route: Route
+    distance: torch.Tensor
+    """(B,) squared L2 distance to the nearest trained question."""
+    gated: torch.Tensor
+    """(B,) bool: True where the experts stay off and the base model answers."""
+
+    def describe(self, row: int) -> dict[str, object]:
+        """The `route` field users see next to an answer."""
+        return {
+            "experts": [int(e) for e in self.route.experts[row]],
+            "distance": round(float(self.distance[row]), 6),
+            "gated": bool(self.gated[row]),
+        }
+
+
+class Router:
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        slot_expert: torch.Tensor,
+        index: faiss.Index,
+        *,
+        k: int,
+        threshold: float | None,
+        temperature: float,
+    ):
+        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate."""
+        self.keys = keys
+        self.slot_expert = slot_expert
+        self.index = index
+        self.k = min(k, len(keys))
+        self.threshold = threshold
+        self.temperature = temperature
+
+    def __call__(self, query: torch.Tensor) -> Routing:
+        """query (B, d) normalised keys."""
+        _, slots = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.k)  # (B, k)
+        slots_t = torch.from_numpy(slots).clamp(min=0)  # -1 marks "fewer than k found" (IVF/HNSW); reuse slot 0
+        dist = ((query[:, None, :] - self.keys[slots_t]) ** 2).sum(-1)  # (B, k)
+        dist = dist.masked_fill(torch.from_numpy(slots) < 0, float("inf"))
+        order = dist.argsort(dim=1)  # approximate indexes may return neighbours out of order
+        dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
+        nearest = dist[:, 0]
+        weights = torch.softmax(-(dist - nearest[:, None]) / self.temperature, dim=1).nan_to_num(0.0)  # (B, k)
+        gated = ~torch.isfinite(nearest)  # the index found nothing at all
+        if self.threshold is not None:
+            gated |= nearest > self.threshold
+        weights = weights.masked_fill(gated[:, None], 0.0)
+        return Routing(Route(self.slot_expert[slots_t], weights), nearest, gated)

@@ -1,0 +1,171 @@
+"""Helpers to run the real kopf operator against kmock's KubernetesEmulator on 127.0.0.1 (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+
+# Set before kopf and the kubernetes client are imported: both read these once.
+KUBECONFIG = Path(tempfile.mkdtemp(prefix="memtune-kmock-")) / "kubeconfig"  # rewritten by each `cluster`
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
+os.environ["MEMTUNE_RESYNC_SECONDS"] = "0.2"  # before the handlers are imported: the timer's interval
+os.environ["MEMTUNE_TRAINER_IMAGE"] = "registry.local/memtune-trainer:test"
+
+import kopf  # noqa: E402
+
+import memtune.operator  # noqa: E402, F401 - registers the handlers
+
+NAMESPACE = "ml"
+MTJ = kmock.resource("memtune.dev", "v1alpha1", "memorytuningjobs")
+PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+JOBS = kmock.resource("batch", "v1", "jobs")
+CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
+PODS = kmock.resource("", "v1", "pods")
+EVENTS = kmock.resource("", "v1", "events")
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
+
+class VersionedEmulator(kmock.KubernetesEmulator):
+    """The emulator plus what kopf relies on: a fresh `metadata.resourceVersion` on every write, and the
+    metadata a real API server sets on creation (uid, namespace, generation)."""
+
+    _versions = itertools.count(1)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and isinstance(request.data, dict) and request.method in ("POST", "PATCH"):
+            metadata = request.data.setdefault("metadata", {})
+            metadata["resourceVersion"] = str(next(self._versions))
+            if request.method == "POST":  # what the API server fills in on creation
+                metadata.setdefault("uid", f"uid-{metadata['resourceVersion']}")
+                metadata.setdefault("generation", 1)
+                metadata.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+                if request.namespace:
+                    metadata.setdefault("namespace", request.namespace)
+        return await super()._handle(request)
+
+
+class Cluster:
+    """The emulator plus a tiny HTTP client, for a test to act as `kubectl` and as Kubeflow's controller."""
+
+    def __init__(self, emulator: VersionedEmulator, url: str):
+        self.emulator = emulator
+        self.url = url.rstrip("/")
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.url + path, json=body, headers=headers) as response,
+        ):
+            assert response.status < 400, await response.text()
+            return await response.json()
+
+    async def apply_job(self, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": "memtune.dev/v1alpha1", "kind": "MemoryTuningJob", "metadata": {"name": name}}
+        await self.request(
+            "POST", f"/apis/memtune.dev/v1alpha1/namespaces/{NAMESPACE}/memorytuningjobs", {**body, "spec": spec}
+        )
+
+    async def patch_job(self, name: str, patch: dict[str, Any]) -> None:
+        await self.request("PATCH", f"/apis/memtune.dev/v1alpha1/namespaces/{NAMESPACE}/memorytuningjobs/{name}", patch)
+
+    def get(self, resource: kmock.resource, name: str) -> dict[str, Any] | None:
+        key = (resource, NAMESPACE, name)
+        if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+            return None
+        return self.emulator.objects[key].raw
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(MTJ, name) or {}).get("status") or {}
+
+    def names(self, resource: kmock.resource) -> list[str]:
+        return sorted(
+            name for (res, _, name), obj in self.emulator.objects.items() if res == resource and not obj.deleted
+        )
+
+    def set_child_status(self, resource: kmock.resource, name: str, status: dict[str, Any]) -> None:
+        """Act as Kubeflow's (or the Job) controller: the operator polls children, so no watch event is needed."""
+        self.emulator.objects[resource, NAMESPACE, name].patch({"status": status})
+
+    def add_pod(self, child: str, attempt: int, role: str, status: dict[str, Any]) -> None:
+        job = child.rsplit("-", 1)[0]
+        labels = {"memtune.dev/job": job, "memtune.dev/attempt": str(attempt), "memtune.dev/role": role}
+        pod = {"metadata": {"name": f"{child}-{role}-0", "namespace": NAMESPACE, "labels": labels}, "status": status}
+        self.emulator.objects[PODS, NAMESPACE, pod["metadata"]["name"]] = pod
+
+    def serve_log(self, text: str) -> None:
+        """Every pod log read returns `text` (the emulator keeps no logs of its own)."""
+        self.emulator["get", PODS, kmock.subresource("log")] << text.encode()
+
+    def events(self) -> list[dict[str, Any]]:
+        """Events as the operator posted them (recorded requests, not stored state)."""
+        return [request.data for request in self.emulator if request.resource == EVENTS and request.method == "POST"]
+
+    def requests_to(self, resource: kmock.resource, method: str) -> list[kmock.Request]:
+        return [request for request in self.emulator if request.resource == resource and request.method == method]
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll until `predicate()` is truthy; fail with its last value after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting; last value: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+def install_crd(emulator: VersionedEmulator, crd: dict[str, Any]) -> None:
+    """Store a CRD object (the operator discovers Kubeflow by reading its CRD)."""
+    crd["metadata"]["resourceVersion"] = str(next(emulator._versions))
+    emulator.objects[CRDS, None, crd["metadata"]["name"]] = crd
+
+
+def declare_resources(emulator: VersionedEmulator) -> None:
+    emulator.resources.load_bundled()  # built-in kinds, as discovered from a real (k3s) cluster
+    emulator.resources[MTJ] = kmock.ResourceInfo(
+        kind="MemoryTuningJob", singular="memorytuningjob", namespaced=True, shortnames={"mtj"},
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"}, subresources={"status"},
+    )  # fmt: skip
+    emulator.resources[PYTORCHJOBS] = kmock.ResourceInfo(
+        kind="PyTorchJob", singular="pytorchjob", namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "delete"}, subresources={"status"},
+    )  # fmt: skip
+
+
+def _watch_count(cluster: Cluster) -> int:
+    return sum(1 for request in cluster.emulator if request.resource == MTJ and request.params.get("watch") == "true")
+
+
+class OperatorProcess:
+    """kopf.operator() as a task in the test's loop; `stop()` and `start()` again simulate a restart."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.task: asyncio.Task[None] | None = None
+        self.stop_flag: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        self.stop_flag, ready = asyncio.Event(), asyncio.Event()
+        self.task = asyncio.create_task(
+            kopf.operator(standalone=True, clusterwide=True, stop_flag=self.stop_flag, ready_flag=ready)
+        )
+        watches = _watch_count(self.cluster)
+        await asyncio.wait_for(ready.wait(), timeout=10)
+        # Create objects only once kopf's watch is open, or their ADDED events are lost.
+        await until(lambda: _watch_count(self.cluster) > watches)
+
+    async def stop(self) -> None:
+        assert self.task is not None and self.stop_flag is not None
+        self.stop_flag.set()
+        await asyncio.wait_for(self.task, timeout=10)
