@@ -51,3 +51,9 @@ def child_name(job: str, attempt: int) -> str:
 def spec_config_map_name(job: str, attempt: int) -> str:
     """Name of the ConfigMap that carries the spec of one attempt."""
     return f"{child_name(job, attempt)}-spec"
+
+
+def pod_selector(job: str, attempt: int, role: str | None = None) -> str:
+    """Label selector of the trainer pods of one attempt (only its rank-0 pod with `role=ROLE_MASTER`)."""
+    selector = f"{JOB_LABEL}={job},{ATTEMPT_LABEL}={attempt}"
+    return f"{selector},{ROLE_LABEL}={role}" if role else selector

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
@@ -117,6 +118,8 @@ def _locate(uri: str) -> _Location:
         if len(bucket) < 3:
             raise StorageError(f"{uri}: bucket names have at least 3 characters, got {bucket!r}")
         endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+        if endpoint and "@" in urlsplit(endpoint).netloc:  # checked first: every message names the endpoint
+            raise StorageError("AWS_ENDPOINT_URL must not embed credentials (user:password@); use AWS_ACCESS_KEY_ID")
         return _Location(_s3_filesystem(endpoint), uri.removeprefix("s3://").rstrip("/"), uri, bucket, endpoint)
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"{uri}: unsupported scheme; use a plain path, file:// or s3://")
@@ -190,7 +193,8 @@ def _explain(error: BaseException, action: str, location: _Location) -> StorageE
 
 def _with_retries(action: str, location: _Location, operation: Callable[[], T]) -> T:
     """Run `operation`, retrying transient failures with exponential backoff; anything else fails at once."""
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             return operation()
         except (StorageError, IntegrityError):
@@ -205,10 +209,17 @@ def _with_retries(action: str, location: _Location, operation: Callable[[], T]) 
                 ) from error
             delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter spreads out pods retrying together
-            log.warning("%s %s failed (%s); retry %d/%d in %.1fs", action, location.uri, error, attempt,
-                        RETRY_ATTEMPTS - 1, delay)
+            log.warning(
+                "%s %s failed (%s); retry %d/%d in %.1fs",
+                action,
+                location.uri,
+                error,
+                attempt,
+                RETRY_ATTEMPTS - 1,
+                delay,
+            )
             time.sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises")
+            attempt += 1
 
 
 def _check_bucket(location: _Location) -> None:
@@ -220,7 +231,7 @@ def _check_bucket(location: _Location) -> None:
         try:
             location.fs.call_s3("head_bucket", Bucket=location.bucket)
         except FileNotFoundError:
-            raise StorageError(f"bucket '{location.bucket}' does not exist{location.where}") from None
+            raise StorageError(f"{location.uri}: bucket '{location.bucket}' does not exist{location.where}") from None
 
     _with_retries("open bucket for", location, head_bucket)
 
@@ -239,7 +250,10 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Replace the object at `uri` (locally via temp file + rename, so readers never see half a file)."""
     location = _locate(uri)
     if location.is_local:
-        _write_local_atomically(Path(location.path), data)
+        try:
+            _write_local_atomically(Path(location.path), data)
+        except OSError as error:
+            raise StorageError(f"write {uri}: {error}") from error
         return
     _check_bucket(location)
     _with_retries("write", location, lambda: location.fs.pipe_file(location.path, data))
@@ -284,9 +298,7 @@ def latest_committed_run(output_uri: str) -> str | None:
     return None
 
 
-def publish_folder(
-    local_dir: str | Path, uri: str, on_uploaded: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+def publish_folder(local_dir: str | Path, uri: str, on_uploaded: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Copy a committed local folder to `uri`: every listed file first, `manifest.json` last and create-once.
 
     The local folder is verified first, so a corrupt file is never published. Only files the manifest lists

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from memtune import data
-from memtune.spec import load_job_file, resolve_local_paths
+from memtune.spec import load_job_file, local_paths_in, resolve_local_paths
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFESTS = sorted(EXAMPLES.glob("*.yaml"))
@@ -31,3 +31,10 @@ def test_paraphrases_match_the_facts_one_to_one():
     paraphrases = data.read_examples(str(EXAMPLES / "facts-paraphrases.jsonl"))
     assert [f.output for f in facts] == [p.output for p in paraphrases]
     assert all(f.input != p.input for f, p in zip(facts, paraphrases, strict=True))
+
+
+@pytest.mark.parametrize("manifest", sorted((EXAMPLES / "cluster").glob("*.yaml")), ids=lambda path: path.name)
+def test_cluster_manifest_validates_and_points_only_at_object_storage(manifest):
+    job = load_job_file(manifest)
+    assert local_paths_in(job.spec) == []
+    assert job.spec.storage.secretRef is not None

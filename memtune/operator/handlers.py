@@ -7,8 +7,10 @@ what `memtune.spec.MemoryTuningJobStatus` declares.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -31,6 +33,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.INFO  # Normal events (Created, Running, Succeeded) too, not only warnings
     memo.kube = Kube.connect()
+    memo.locks = collections.defaultdict(threading.Lock)  # job uid → lock: one pass at a time per job
 
 
 @kopf.on.resume(*RESOURCE)
@@ -38,8 +41,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.update(*RESOURCE, field="spec.suspend")
 @kopf.timer(*RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """One pass; never raises for a bad resource (the job gets Failed), only for API errors (kopf retries)."""
-    outcome = Reconciler(memo.kube, SETTINGS, datetime.datetime.now(datetime.UTC)).run(dict(body))
+    """One pass; never raises for a bad resource (the job gets Failed), only for API errors (kopf retries).
+
+    The timer runs beside the change handlers; the lock keeps their passes from interleaving, and the body is
+    read inside it (for timers kopf keeps it live), so a pass never acts on a spec older than the last one's.
+    """
+    with memo.locks[body.metadata.uid]:
+        outcome = Reconciler(memo.kube, SETTINGS, datetime.datetime.now(datetime.UTC)).run(dict(body))
     if outcome.status:
         patch["status"] = outcome.status
     for kind, reason, message in outcome.events:

@@ -7,6 +7,8 @@ exactly what is sent (and what the tests validate against the real schemas).
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 import kubernetes
@@ -17,6 +19,7 @@ Manifest = dict[str, Any]
 
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 PODS = Resource("", "v1", "pods", "Pod")
+CRD_CACHE_SECONDS = 60.0
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition")
 
 
@@ -42,6 +45,7 @@ class Kube:
 
     def __init__(self, api: kubernetes.client.ApiClient):
         self._api = api
+        self._crds: dict[str, tuple[float, bool]] = {}  # name → (monotonic time of the check, installed)
 
     @classmethod
     def connect(cls) -> Kube:
@@ -108,4 +112,9 @@ class Kube:
         return self._call("GET", _path(PODS, namespace, name, "log"), query=query)
 
     def has_crd(self, name: str) -> bool:
-        return self.get(CRDS, None, name) is not None
+        """Whether a CRD is installed; remembered for a minute, as every job's resync asks (and CRDs are big)."""
+        checked_at, found = self._crds.get(name, (-math.inf, False))
+        if time.monotonic() - checked_at > CRD_CACHE_SECONDS:
+            found = self.get(CRDS, None, name) is not None
+            self._crds[name] = (time.monotonic(), found)
+        return found

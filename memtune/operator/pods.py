@@ -27,10 +27,6 @@ def labels(job: MemoryTuningJob, attempt: int) -> dict[str, str]:
     return found
 
 
-def pod_selector(job_name: str, attempt: int) -> str:
-    return f"{contract.JOB_LABEL}={job_name},{contract.ATTEMPT_LABEL}={attempt}"
-
-
 def owner_reference(owner: Manifest) -> Manifest:
     """Children are garbage-collected with their MemoryTuningJob."""
     meta = owner["metadata"]

@@ -100,28 +100,32 @@ class Reconciler:
             message = f"{backend.resource.kind} {child_name} (attempt {attempt})"
             return self._set(body, status, out, phase, reason, message, attempt=attempt)
 
-        if backend.is_suspended(child) != job.spec.suspend:
-            self.kube.patch(backend.resource, namespace, child_name, backend.suspend_patch(job.spec.suspend))
-            verb = "suspended" if job.spec.suspend else "resumed"
+        suspend = job.spec.suspend
+        # With a Kueue queue, Kueue admits the child by un-suspending it: the operator only ever holds it.
+        if backend.is_suspended(child) != suspend and (suspend or not job.spec.queueName):
+            self.kube.patch(backend.resource, namespace, child_name, backend.suspend_patch(suspend))
+            verb = "suspended" if suspend else "resumed"
             out.events.append(("Normal", verb.capitalize(), f"{verb} {backend.resource.kind} {child_name}"))
-            if job.spec.suspend:
-                return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
-            return self._set(body, status, out, "Queued", "Resumed", f"{child_name} resumed")
+            if not suspend:
+                return self._set(body, status, out, "Queued", "Resumed", f"{child_name} resumed")
+        if suspend:
+            return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
 
-        pod_list = self.kube.list_pods(namespace, pods.pod_selector(name, attempt))
+        pod_list = self.kube.list_pods(namespace, contract.pod_selector(name, attempt))
         failure = observe.diagnose(pod_list)
         state = backend.state(child)
         if failure is not None and failure.permanent:
-            # e.g. an image that cannot be pulled: the pods would wait forever, so release the nodes.
-            self.kube.delete(backend.resource, namespace, child_name)
+            if state.phase not in (ChildPhase.FAILED, ChildPhase.SUCCEEDED):
+                # e.g. an image that cannot be pulled: the pods would wait forever, so release the nodes.
+                self.kube.delete(backend.resource, namespace, child_name)
             return self._finish(body, status, out, "Failed", failure.reason, failure.message)
         if state.phase is ChildPhase.SUCCEEDED:
             return self._succeed(body, status, out, observe.master_pod(pod_list))
         if state.phase is ChildPhase.FAILED:
             reason, message = (failure.reason, failure.message) if failure else ("AttemptFailed", state.message)
             return self._retry_or_fail(body, job, status, out, attempt, reason, message)
-        if state.phase is ChildPhase.SUSPENDED:
-            return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
+        if state.phase is ChildPhase.SUSPENDED:  # not by us: e.g. Kueue has not admitted it yet
+            return self._set(body, status, out, "Queued", "WaitingForAdmission", f"{child_name} waits in its queue")
         if state.phase is ChildPhase.RUNNING:
             progress = self._progress(namespace, observe.master_pod(pod_list))
             extra = {"startTime": status.get("startTime") or _timestamp(self.now)}
@@ -198,6 +202,7 @@ class Reconciler:
             "phase": phase,
             "conditions": conditions_for(status.get("conditions"), phase, reason, message, generation, now),
             "observedGeneration": generation,
+            "attempt": int(status.get("attempt") or 0),
             **extra,
         }
         if (phase, reason) != phase_reason(status) and phase in ("Running", "Succeeded"):

@@ -10,6 +10,7 @@ import kmock
 import pytest_asyncio
 import yaml
 from mtj_cluster import (
+    CRDS,
     KUBECONFIG,
     NAMESPACE,
     Cluster,
@@ -40,6 +41,16 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 @pytest_asyncio.fixture
 async def operator(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
+    process = OperatorProcess(cluster)
+    await process.start()
+    yield process
+    await process.stop()
+
+
+@pytest_asyncio.fixture
+async def operator_without_kubeflow(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
+    """The operator on a cluster where Kubeflow's PyTorchJob CRD is not installed."""
+    del cluster.emulator.objects[CRDS, None, "pytorchjobs.kubeflow.org"]
     process = OperatorProcess(cluster)
     await process.start()
     yield process

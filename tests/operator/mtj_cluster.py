@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class VersionedEmulator(kmock.KubernetesEmulator):
                 metadata.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
                 if request.namespace:
                     metadata.setdefault("namespace", request.namespace)
+                if "name" not in metadata and "generateName" in metadata:
+                    metadata["name"] = f"{metadata['generateName']}{metadata['resourceVersion']}"
         return await super()._handle(request)
 
 
@@ -148,24 +151,28 @@ def _watch_count(cluster: Cluster) -> int:
 
 
 class OperatorProcess:
-    """kopf.operator() as a task in the test's loop; `stop()` and `start()` again simulate a restart."""
+    """kopf.operator() in its own thread and event loop, as `kopf run` would run it; stop() + start() = a restart.
+
+    Its own loop because kopf, when stopping, cancels every task its loop gained after it started, and here
+    the emulator's request handlers and the test's own fixtures would be among them.
+    """
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.task: asyncio.Task[None] | None = None
-        self.stop_flag: asyncio.Event | None = None
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
 
     async def start(self) -> None:
-        self.stop_flag, ready = asyncio.Event(), asyncio.Event()
-        self.task = asyncio.create_task(
-            kopf.operator(standalone=True, clusterwide=True, stop_flag=self.stop_flag, ready_flag=ready)
-        )
+        self.stop_flag, ready = threading.Event(), threading.Event()
+        operator = kopf.operator(standalone=True, clusterwide=True, stop_flag=self.stop_flag, ready_flag=ready)
         watches = _watch_count(self.cluster)
-        await asyncio.wait_for(ready.wait(), timeout=10)
+        self.thread = threading.Thread(target=asyncio.run, args=(operator,), name="kopf", daemon=True)
+        self.thread.start()
+        await until(ready.is_set)
         # Create objects only once kopf's watch is open, or their ADDED events are lost.
         await until(lambda: _watch_count(self.cluster) > watches)
 
     async def stop(self) -> None:
-        assert self.task is not None and self.stop_flag is not None
+        assert self.thread is not None
         self.stop_flag.set()
-        await asyncio.wait_for(self.task, timeout=10)
+        await until(lambda: not self.thread.is_alive(), timeout=20)

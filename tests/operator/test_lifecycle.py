@@ -53,3 +53,80 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     assert status["completionTime"]
     reasons = [event["reason"] for event in cluster.events()]
     assert reasons == ["Created", "Running", "Succeeded"]
+
+
+async def _running(cluster: Cluster, job: str, attempt: int) -> None:
+    child = f"{job}-{attempt}"
+    await until(lambda: cluster.get(PYTORCHJOBS, child))
+    cluster.set_child_status(PYTORCHJOBS, child, RUNNING)
+    cluster.add_pod(child, attempt, "master", {"phase": "Running"})
+    await until(lambda: cluster.status(job).get("phase") == "Running")
+
+
+def _fail_attempt(cluster: Cluster, job: str, attempt: int, pod_status: dict) -> None:
+    child = f"{job}-{attempt}"
+    cluster.add_pod(child, attempt, "master", pod_status)
+    cluster.set_child_status(PYTORCHJOBS, child, {"conditions": [{"type": "Failed", "status": "True", "message": "x"}]})
+
+
+async def test_retryable_failures_are_retried_up_to_backoff_limit(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.apply_job("nba", SPEC)  # backoffLimit: 1
+    await _running(cluster, "nba", 0)
+    _fail_attempt(cluster, "nba", 0, _terminated(137, reason="OOMKilled"))
+    await until(lambda: cluster.get(PYTORCHJOBS, "nba-1"))
+    assert cluster.status("nba")["attempt"] == 1
+    validate_pytorchjob(cluster.get(PYTORCHJOBS, "nba-1"))
+    assert cluster.get(CONFIG_MAPS, "nba-1-spec") is not None
+
+    await _running(cluster, "nba", 1)
+    _fail_attempt(cluster, "nba", 1, _terminated(137, reason="OOMKilled"))
+    status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Failed" and s)
+    failed = _condition(status, "Failed")
+    assert failed["reason"] == "OOMKilled" and "backoffLimit=1" in failed["message"]
+    assert _condition(status, "Ready") | {"lastTransitionTime": None} == failed | {
+        "type": "Ready", "status": "False", "lastTransitionTime": None
+    }  # fmt: skip
+    assert cluster.names(PYTORCHJOBS) == ["nba-0", "nba-1"]
+    warnings = [event for event in cluster.events() if event["type"] == "Warning"]
+    assert [event["reason"] for event in warnings] == ["OOMKilled", "OOMKilled"]
+    assert "out of memory" in warnings[0]["message"]
+
+
+async def test_exit_code_one_fails_without_retry(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.apply_job("nba", SPEC)
+    await _running(cluster, "nba", 0)
+    _fail_attempt(cluster, "nba", 0, _terminated(1, "dataset line 3: missing 'output'"))
+    status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Failed" and s)
+    assert _condition(status, "Failed")["reason"] == "TrainerError"
+    assert "dataset line 3: missing 'output'" in _condition(status, "Failed")["message"]
+    assert cluster.names(PYTORCHJOBS) == ["nba-0"]
+
+
+async def test_image_pull_error_fails_the_job_and_frees_the_nodes(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.apply_job("nba", SPEC)
+    await until(lambda: cluster.get(PYTORCHJOBS, "nba-0"))
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.local/x"'}}
+    cluster.add_pod(
+        "nba-0", 0, "master", {"phase": "Pending", "containerStatuses": [{"name": "pytorch", "state": waiting}]}
+    )
+    status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Failed" and s)
+    assert _condition(status, "Failed")["reason"] == "ImagePullError"
+    assert "Back-off pulling image" in _condition(status, "Failed")["message"]
+    assert cluster.names(PYTORCHJOBS) == []  # deleted: its pods would wait forever
+    assert ("Warning", "ImagePullError") in [(event["type"], event["reason"]) for event in cluster.events()]
+
+
+async def test_active_deadline_is_enforced_by_the_operator(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.apply_job("nba", {**SPEC, "activeDeadlineSeconds": 1})
+    await _running(cluster, "nba", 0)
+    status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Failed" and s, timeout=15)
+    assert _condition(status, "Failed")["reason"] == "DeadlineExceeded"
+    assert cluster.names(PYTORCHJOBS) == []
+
+
+async def test_ttl_removes_children_but_keeps_the_job(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.apply_job("nba", {**SPEC, "ttlSecondsAfterFinished": 0})
+    await _running(cluster, "nba", 0)
+    cluster.set_child_status(PYTORCHJOBS, "nba-0", {"conditions": [{"type": "Succeeded", "status": "True"}]})
+    await until(lambda: not cluster.names(PYTORCHJOBS) and not cluster.names(CONFIG_MAPS))
+    assert cluster.status("nba")["phase"] == "Succeeded"

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from s3server import SeaweedS3, s3_env, s3_server  # noqa: F401 - fixtures, imported to register them
 
 from memtune import storage
 from memtune.manifest import write_manifest
-
-__all__ = ["SeaweedS3"]
+from tests.storage.s3server import s3_env, s3_server  # noqa: F401 - fixtures, imported to register them
 
 
 @pytest.fixture

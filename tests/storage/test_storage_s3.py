@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from flaky_proxy import FlakyProxy
-from s3server import SeaweedS3
 
 from memtune import storage
 from memtune.manifest import MANIFEST_NAME, IntegrityError, read_manifest
+from tests.storage.flaky_proxy import FlakyProxy
+from tests.storage.s3server import SeaweedS3
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -121,7 +121,9 @@ def test_transient_failure_is_retried(
     assert sum("retry" in record.getMessage() for record in caplog.records) == 2
 
 
-def test_persistent_failure_gives_up_naming_the_endpoint(s3_env: SeaweedS3, monkeypatch, fast_retries) -> None:
+def test_persistent_failure_gives_up_naming_the_endpoint(
+    s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch, fast_retries: None
+) -> None:
     proxy = FlakyProxy(s3_env.ports["s3.port"], failures=100)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     try:

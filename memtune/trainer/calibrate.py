@@ -1,0 +1,99 @@
+"""The distance gate's threshold, calibrated from the training questions alone.
+
+Two probe sets bracket the threshold:
+- near: rewordings of each training question made by cheap edits (a polite lead-in, a trailing request,
+  lower case, no question mark) -- what a user asking the *same* thing types;
+- far: everyday prompts shipped below, none about any user's data -- what must keep the base model's answer.
+The threshold is the geometric mean of the near probes' 95th-percentile distance (to their own question) and the
+far probes' smallest distance (to any question): squared L2 distances of normalised keys spread over orders of
+magnitude, so the middle in log space leaves the same ratio of margin on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_EDITS: tuple[Callable[[str], str], ...] = (
+    lambda q: f"Please tell me: {q}",
+    lambda q: f"{q} Answer briefly.",
+    lambda q: q.lower(),
+    lambda q: q.rstrip("?").rstrip(),
+)
+
+FAR_PROBES = (
+    "Hello, how are you today?",
+    "Write a short poem about the sea.",
+    "What is the weather usually like in spring?",
+    "Explain how a rainbow forms.",
+    "Can you recommend a good book?",
+    "What is 25 plus 17?",
+    "How do I boil an egg?",
+    "Summarize the plot of Cinderella.",
+    "What are the benefits of exercise?",
+    "Who was the first president of the United States?",
+    "What is the speed of light?",
+    "How many continents are there?",
+    "Translate 'thank you' into French.",
+    "Describe a cat in one sentence.",
+    "What does DNA stand for?",
+    "Why is the sky blue?",
+    "List three fruits that are red.",
+    "What is the tallest animal?",
+    "How does a computer work?",
+    "What is the freezing point of water?",
+    "Give me a tip for studying.",
+    "What year did World War II end?",
+    "Where is the Eiffel Tower?",
+    "What is the population of China?",
+    "Tell me a joke.",
+    "How do airplanes fly?",
+    "What is the main ingredient of guacamole?",
+    "Who discovered penicillin?",
+    "What is the longest river in the world?",
+    "How many legs does a spider have?",
+)
+
+
+@dataclass
+class Calibration:
+    threshold: float
+    near_p95: float
+    far_min: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"threshold": self.threshold, "near_p95": self.near_p95, "far_min": self.far_min}
+
+
+def near_probes(questions: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Edited copies of every question and the index of the question each came from."""
+    probes, owners = [], []
+    for owner, question in enumerate(questions):
+        for edit in _EDITS:
+            probes.append(edit(question))
+            owners.append(owner)
+    return probes, owners
+
+
+def calibrate(
+    keys: torch.Tensor, near_keys: torch.Tensor, owners: Sequence[int], far_keys: torch.Tensor
+) -> Calibration:
+    """keys (N, d) of the training questions; near_keys (M, d) with owners (M,); far_keys (F, d)."""
+    near = ((near_keys - keys[list(owners)]) ** 2).sum(-1)  # (M,)
+    far = (torch.cdist(far_keys, keys) ** 2).min(1).values  # (F,)
+    near_p95, far_min = float(near.quantile(0.95)), float(far.min())
+    if far_min <= near_p95:
+        log.warning(
+            "gate calibration: everyday prompts come as close to the training questions (%.4f) as rewordings do "
+            "(p95 %.4f); the gate will let some unrelated prompts through. Set memory.distanceThreshold to tune.",
+            far_min,
+            near_p95,
+        )
+    threshold = math.sqrt(max(near_p95, 1e-8) * max(far_min, 1e-8))
+    return Calibration(threshold, near_p95, far_min)
