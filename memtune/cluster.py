@@ -126,9 +126,14 @@ class ClusterClient:
         pods = self._core.list_namespaced_pod(self.namespace, label_selector=selector).items
         if not pods:
             raise ClusterError(f"no trainer pod yet for MemoryTuningJob {name!r} attempt {attempt}")
-        return self._core.read_namespaced_pod_log(
-            pods[0].metadata.name, self.namespace, container=contract.CONTAINER_NAME, tail_lines=tail_lines
+        response = self._core.read_namespaced_pod_log(
+            pods[0].metadata.name,
+            self.namespace,
+            container=contract.CONTAINER_NAME,
+            tail_lines=tail_lines,
+            _preload_content=False,  # the client (v36) turns a "str" body into "b'...'"; decode it here
         )
+        return response.data.decode("utf-8", errors="replace")
 
 
 def _reason(error: kubernetes.client.ApiException) -> str:

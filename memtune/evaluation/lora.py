@@ -102,7 +102,7 @@ def train_lora(base_model: str, train: Sequence[Example], settings: LoraSettings
     tokenizer = base.tokenizer
     sequences = [causal.training_sequence(tokenizer, e.input, e.output) for e in train]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-    batches = _batches(len(sequences), settings.batch_size, random.Random(settings.seed))
+    batches = _batches(len(sequences), settings.batch_size, random.Random(settings.seed))  # noqa: S311 - shuffling, not secrets
     result = LoraResult(model, tokenizer)
     started = time.monotonic()
     model.train()

@@ -1,8 +1,8 @@
-"""Write an evaluation report into a folder: `report.md`, `accuracy.png`, `loss.png` and `results.json`.
+"""Write an evaluation report into a folder: `report.md`, `accuracy-{set}.png`, `loss.png` and `results.json`.
 
-The Markdown holds the ladder table (one row per method, metrics as percentages), the decoding and data settings,
-the PNGs, and the items each method got wrong (invalid SQL listed apart with its error). `results.json` keeps every
-answer so a report can be re-read or diffed without re-running models.
+The Markdown holds one ladder table per evaluation set (one row per method, metrics as percentages), the PNGs, the
+decoding and data settings, and the items each method got wrong (invalid SQL listed apart with its error).
+`results.json` keeps every answer so a report can be re-read or diffed without re-running models.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from memtune.evaluation.scoring import MethodScore  # noqa: E402
+from memtune.evaluation.scoring import MethodScore
 
-# Column order and titles of the table; a column appears when at least one method has a value in it.
+# Every metric of MethodScore.summary(), in table order; a column appears when some method has a value in it.
 COLUMNS: dict[str, str] = {
     "execution_accuracy": "Execution acc.",
     "invalid_sql": "Invalid SQL",
@@ -36,13 +36,12 @@ def _percent(value: float | None) -> str:
 
 def _columns(scores: Sequence[MethodScore]) -> list[str]:
     present = {key for score in scores for key, value in score.summary().items() if value is not None}
-    extra = sorted(present - COLUMNS.keys())
-    return [key for key in COLUMNS if key in present] + extra
+    return [key for key in COLUMNS if key in present]
 
 
 def markdown_table(scores: Sequence[MethodScore]) -> str:
     columns = _columns(scores)
-    header = ["Method", *(COLUMNS.get(key, key) for key in columns), "Seconds"]
+    header = ["Method", *(COLUMNS[key] for key in columns), "Seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for score in scores:
         summary = score.summary()
@@ -59,7 +58,7 @@ def plot_accuracy(scores: Sequence[MethodScore], path: Path) -> None:
     for offset, key in enumerate(columns):
         values = [100 * (score.summary().get(key) or 0.0) for score in scores]
         positions = [index + offset * width for index in range(len(scores))]
-        bars = axes.bar(positions, values, width, label=COLUMNS.get(key, key))
+        bars = axes.bar(positions, values, width, label=COLUMNS[key])
         axes.bar_label(bars, fmt="%.0f", fontsize=7)
     axes.set_xticks([index + width * (len(columns) - 1) / 2 for index in range(len(scores))])
     axes.set_xticklabels([score.method for score in scores])
@@ -100,30 +99,45 @@ def _failures(score: MethodScore) -> list[str]:
     return [*lines, ""]
 
 
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "set"
+
+
 def write_report(
     report_dir: str | Path,
     title: str,
-    scores: Sequence[MethodScore],
+    sections: Mapping[str, Sequence[MethodScore]],
     settings: Mapping[str, object],
     notes: Sequence[str] = (),
 ) -> Path:
-    """Write the four files; returns the path of report.md."""
+    """One table and bar chart per evaluation set, one loss plot, settings, notes, wrong answers; returns report.md.
+
+    Files: report.md, accuracy-{set}.png per set, loss.png (when a method has a training curve), results.json.
+    """
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(scores, folder / "accuracy.png")
-    curves = {score.method: score.loss_curve for score in scores if score.loss_curve}
+    lines = [f"# {title}", ""]
+    for name, scores in sections.items():
+        chart = f"accuracy-{_slug(name)}.png"
+        plot_accuracy(scores, folder / chart)
+        lines += [f"## {name}", "", markdown_table(scores), "", f"![{name}]({chart})", ""]
+    curves = {s.method: s.loss_curve for scores in sections.values() for s in scores if s.loss_curve}
     if curves:
         plot_losses(curves, folder / "loss.png")
-    lines = [f"# {title}", "", markdown_table(scores), "", "![accuracy](accuracy.png)", ""]
-    if curves:
-        lines += ["![training loss](loss.png)", ""]
+        lines += ["## Training loss", "", "![training loss](loss.png)", ""]
     lines += ["## Settings", "", *(f"- {key}: {value}" for key, value in settings.items()), ""]
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
-    lines += ["## Wrong answers", ""]
-    for score in scores:
-        lines += _failures(score)
+    for name, scores in sections.items():
+        lines += [f"## Wrong answers: {name}", ""]
+        for score in scores:
+            lines += _failures(score)
     (folder / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    results = {"title": title, "settings": dict(settings), "methods": [score.to_dict() for score in scores]}
-    (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    results = {
+        "title": title,
+        "settings": dict(settings),
+        "sets": {name: [score.to_dict() for score in scores] for name, scores in sections.items()},
+    }
+    text = json.dumps(results, indent=1, ensure_ascii=False, default=str)
+    (folder / "results.json").write_text(text, encoding="utf-8")
     return folder / "report.md"

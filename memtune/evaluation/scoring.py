@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from memtune.data import Example
@@ -42,7 +42,7 @@ class MethodScore:
     loss_curve: list[float] | None = None
     """Training loss per optimizer step (tuned methods)."""
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    """Wall time from loading the method (training included) until this set was answered."""
 
     @property
     def exact_match(self) -> float:
@@ -73,7 +73,6 @@ class MethodScore:
             "invalid_sql": self.invalid_sql,
             "locality": self.locality,
             "token_accuracy": self.token_accuracy,
-            **self.extra,
         }
 
     def to_dict(self) -> dict[str, object]:

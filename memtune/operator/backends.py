@@ -2,7 +2,7 @@
 
 `PyTorchJobBackend` (Kubeflow Training Operator, kubeflow.org/v1) runs any number of nodes; `BatchJobBackend`
 (batch/v1 Job) runs single-node jobs on clusters without Kubeflow. A Kubeflow Trainer v2 `TrainJob` backend
-would be a third class with the same four members.
+would be a third class with the same members.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from memtune import spec
 from memtune.operator.kube import Kube
 from memtune.operator.reconcile import Reconciler
 from memtune.operator.settings import OperatorSettings
+from memtune.operator.status import TERMINAL_PHASES
 
 RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
 SETTINGS = OperatorSettings.from_env()  # read at import: the resync interval shapes the timer below
@@ -36,10 +37,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.locks = collections.defaultdict(threading.Lock)  # job uid → lock: one pass at a time per job
 
 
+def needs_resync(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
+    """Finished jobs need no more passes, unless their children still await ttlSecondsAfterFinished."""
+    return status.get("phase") not in TERMINAL_PHASES or spec.get("ttlSecondsAfterFinished") is not None
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec.suspend")
-@kopf.timer(*RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
+@kopf.timer(*RESOURCE, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds, when=needs_resync)
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """One pass; never raises for a bad resource (the job gets Failed), only for API errors (kopf retries).
 
@@ -47,7 +53,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: loggi
     read inside it (for timers kopf keeps it live), so a pass never acts on a spec older than the last one's.
     """
     with memo.locks[body.metadata.uid]:
-        outcome = Reconciler(memo.kube, SETTINGS, datetime.datetime.now(datetime.UTC)).run(dict(body))
+        outcome = Reconciler(memo.kube, SETTINGS, datetime.datetime.now(datetime.UTC), dict(body)).run()
     if outcome.status:
         patch["status"] = outcome.status
     for kind, reason, message in outcome.events:

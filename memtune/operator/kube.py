@@ -40,6 +40,14 @@ def _path(resource: Resource, namespace: str | None, name: str | None = None, su
     return path
 
 
+def _message(error: kubernetes.client.ApiException) -> str:
+    """The API server's own explanation (a Status object's message), else the HTTP reason."""
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return error.reason or str(error)
+
+
 class Kube:
     """Kubernetes API access with the operator's service account (or the kubeconfig outside a cluster)."""
 
@@ -55,7 +63,10 @@ class Kube:
             kubernetes.config.load_kube_config()
         return cls(kubernetes.client.ApiClient())
 
-    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, text: bool = False
+    ) -> Any:
+        """One request; the decoded JSON answer (or the raw text, for logs)."""
         headers = {"Accept": "application/json"}
         if method == "PATCH":
             headers["Content-Type"] = "application/merge-patch+json"
@@ -67,11 +78,11 @@ class Kube:
                 auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
             )  # fmt: skip
         except kubernetes.client.ApiException as error:
-            raise KubeError(error.status or 0, error.reason or str(error)) from None
-        text = response.data.decode("utf-8")
-        if path.endswith("/log"):
-            return text
-        return json.loads(text) if text else None
+            raise KubeError(error.status or 0, f"{method} {path}: {_message(error)}") from None
+        answer = response.data.decode("utf-8", errors="replace")
+        if text:
+            return answer
+        return json.loads(answer) if answer else None
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> Manifest | None:
         try:
@@ -109,7 +120,7 @@ class Kube:
 
     def pod_log(self, namespace: str, name: str, container: str, tail_lines: int) -> str:
         query = [("container", container), ("tailLines", str(tail_lines))]
-        return self._call("GET", _path(PODS, namespace, name, "log"), query=query)
+        return self._call("GET", _path(PODS, namespace, name, "log"), query=query, text=True)
 
     def has_crd(self, name: str) -> bool:
         """Whether a CRD is installed; remembered for a minute, as every job's resync asks (and CRDs are big)."""

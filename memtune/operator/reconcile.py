@@ -49,67 +49,70 @@ def _parse_time(text: str) -> datetime.datetime:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: OperatorSettings, now: datetime.datetime):
+    """One pass over one job: build it per pass (it holds that pass's body, status and outcome)."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, now: datetime.datetime, body: Manifest):
         self.kube = kube
         self.settings = settings
         self.now = now
+        self.body = body
+        self.status = dict(body.get("status") or {})
+        self.out = Outcome()
 
-    def run(self, body: Manifest) -> Outcome:
-        status = dict(body.get("status") or {})
-        outcome = Outcome()
-        if status.get("phase") in TERMINAL_PHASES:
-            self._expire_children(body, status)
-            return outcome
+    def run(self) -> Outcome:
+        if self.status.get("phase") in TERMINAL_PHASES:
+            self._expire_children()
+            return self.out
         try:
-            job = _parse(body)
+            job = _parse(self.body)
         except SpecError as error:
-            return self._finish(body, status, outcome, "Failed", "InvalidSpec", _one_line(error))
+            return self._finish("Failed", "InvalidSpec", _one_line(error))
         local = local_paths_in(job.spec)
         if local:
             fields = ", ".join(f"{path}={value!r}" for path, value in local)
             message = f"local paths cannot be read on a cluster: {fields}; use s3:// (or another object store) URIs"
-            return self._finish(body, status, outcome, "Failed", "LocalPath", message)
+            return self._finish("Failed", "LocalPath", message)
         try:
             backend = choose_backend(job, kubeflow_installed=self._kubeflow_installed(job))
         except ValueError as error:
-            return self._finish(body, status, outcome, "Failed", "KubeflowMissing", str(error))
-        return self._drive(body, job, backend, status, outcome)
+            return self._finish("Failed", "KubeflowMissing", str(error))
+        return self._drive(job, backend)
 
     def _kubeflow_installed(self, job: MemoryTuningJob) -> bool:
         return job.spec.backend == "auto" and self.kube.has_crd(KUBEFLOW_CRD)
 
-    def _drive(self, body: Manifest, job: MemoryTuningJob, backend: Backend, status: Manifest, out: Outcome) -> Outcome:
+    def _drive(self, job: MemoryTuningJob, backend: Backend) -> Outcome:
         namespace, name = job.metadata.namespace or "default", job.metadata.name
-        attempt = int(status.get("attempt") or 0)
+        attempt = int(self.status.get("attempt") or 0)
         child_name = contract.child_name(name, attempt)
 
         deadline = job.spec.activeDeadlineSeconds
-        if deadline and status.get("startTime"):
-            elapsed = (self.now - _parse_time(status["startTime"])).total_seconds()
+        if deadline and self.status.get("startTime"):
+            elapsed = (self.now - _parse_time(self.status["startTime"])).total_seconds()
             if elapsed > deadline:
                 self.kube.delete(backend.resource, namespace, child_name)
                 message = f"ran {int(elapsed)}s, over activeDeadlineSeconds={deadline}"
-                return self._finish(body, status, out, "Failed", "DeadlineExceeded", message)
+                return self._finish("Failed", "DeadlineExceeded", message)
 
         child = self.kube.get(backend.resource, namespace, child_name)
         if child is None:
-            self.kube.create(CONFIG_MAPS, namespace, pods.spec_config_map(job, attempt, body))
-            if self.kube.create(backend.resource, namespace, backend.build(job, attempt, body, self.settings)):
-                out.events.append(("Normal", "Created", f"created {backend.resource.kind} {child_name}"))
+            self.kube.create(CONFIG_MAPS, namespace, pods.spec_config_map(job, attempt, self.body))
+            if self.kube.create(backend.resource, namespace, backend.build(job, attempt, self.body, self.settings)):
+                self.out.events.append(("Normal", "Created", f"created {backend.resource.kind} {child_name}"))
             phase, reason = ("Suspended", "Suspended") if job.spec.suspend else ("Queued", "Created")
             message = f"{backend.resource.kind} {child_name} (attempt {attempt})"
-            return self._set(body, status, out, phase, reason, message, attempt=attempt)
+            return self._set(phase, reason, message, attempt=attempt)
 
         suspend = job.spec.suspend
         # With a Kueue queue, Kueue admits the child by un-suspending it: the operator only ever holds it.
         if backend.is_suspended(child) != suspend and (suspend or not job.spec.queueName):
             self.kube.patch(backend.resource, namespace, child_name, backend.suspend_patch(suspend))
             verb = "suspended" if suspend else "resumed"
-            out.events.append(("Normal", verb.capitalize(), f"{verb} {backend.resource.kind} {child_name}"))
+            self.out.events.append(("Normal", verb.capitalize(), f"{verb} {backend.resource.kind} {child_name}"))
             if not suspend:
-                return self._set(body, status, out, "Queued", "Resumed", f"{child_name} resumed")
+                return self._set("Queued", "Resumed", f"{child_name} resumed")
         if suspend:
-            return self._set(body, status, out, "Suspended", "Suspended", f"{child_name} is suspended")
+            return self._set("Suspended", "Suspended", f"{child_name} is suspended")
 
         pod_list = self.kube.list_pods(namespace, contract.pod_selector(name, attempt))
         failure = observe.diagnose(pod_list)
@@ -118,21 +121,21 @@ class Reconciler:
             if state.phase not in (ChildPhase.FAILED, ChildPhase.SUCCEEDED):
                 # e.g. an image that cannot be pulled: the pods would wait forever, so release the nodes.
                 self.kube.delete(backend.resource, namespace, child_name)
-            return self._finish(body, status, out, "Failed", failure.reason, failure.message)
+            return self._finish("Failed", failure.reason, failure.message)
         if state.phase is ChildPhase.SUCCEEDED:
-            return self._succeed(body, status, out, observe.master_pod(pod_list))
+            return self._succeed(observe.master_pod(pod_list))
         if state.phase is ChildPhase.FAILED:
             reason, message = (failure.reason, failure.message) if failure else ("AttemptFailed", state.message)
-            return self._retry_or_fail(body, job, status, out, attempt, reason, message)
+            return self._retry_or_fail(job, attempt, reason, message)
         if state.phase is ChildPhase.SUSPENDED:  # not by us: e.g. Kueue has not admitted it yet
-            return self._set(body, status, out, "Queued", "WaitingForAdmission", f"{child_name} waits in its queue")
+            return self._set("Queued", "WaitingForAdmission", f"{child_name} waits in its queue")
         if state.phase is ChildPhase.RUNNING:
             progress = self._progress(namespace, observe.master_pod(pod_list))
-            extra = {"startTime": status.get("startTime") or _timestamp(self.now)}
+            extra = {"startTime": self.status.get("startTime") or _timestamp(self.now)}
             if progress is not None:
                 extra["progress"] = progress
-            return self._set(body, status, out, "Running", "Training", f"{child_name} is training", **extra)
-        return self._set(body, status, out, "Queued", "Waiting", f"{child_name} is waiting for its pods")
+            return self._set("Running", "Training", f"{child_name} is training", **extra)
+        return self._set("Queued", "Waiting", f"{child_name} is waiting for its pods")
 
     def _progress(self, namespace: str, master: Manifest | None) -> Manifest | None:
         if master is None:
@@ -143,7 +146,7 @@ class Reconciler:
             return None
         return {"step": report["step"], "maxSteps": int(report.get("max_steps") or 0)}
 
-    def _succeed(self, body: Manifest, status: Manifest, out: Outcome, master: Manifest | None) -> Outcome:
+    def _succeed(self, master: Manifest | None) -> Outcome:
         result = observe.final_result(master) if master is not None else {}
         extra: Manifest = {}
         metrics = {key: value for key, value in (result.get("metrics") or {}).items() if isinstance(value, int | float)}
@@ -152,62 +155,54 @@ class Reconciler:
         if isinstance(result.get("artifactsUri"), str):
             extra["artifactsUri"] = result["artifactsUri"]
         message = f"artifacts at {extra['artifactsUri']}" if "artifactsUri" in extra else "training finished"
-        return self._finish(body, status, out, "Succeeded", "Succeeded", message, **extra)
+        return self._finish("Succeeded", "Succeeded", message, **extra)
 
-    def _retry_or_fail(
-        self,
-        body: Manifest,
-        job: MemoryTuningJob,
-        status: Manifest,
-        out: Outcome,
-        attempt: int,
-        reason: str,
-        message: str,
-    ) -> Outcome:
+    def _retry_or_fail(self, job: MemoryTuningJob, attempt: int, reason: str, message: str) -> Outcome:
         if attempt >= job.spec.backoffLimit:
             limit = f"backoffLimit={job.spec.backoffLimit} reached: {message}"
-            return self._finish(body, status, out, "Failed", reason, limit)
+            return self._finish("Failed", reason, limit)
         following = attempt + 1
         retry = f"attempt {attempt} failed ({reason}: {message}); starting attempt {following}"
-        out.events.append(("Warning", reason, retry))
-        return self._set(body, status, out, "Queued", "Retrying", retry, attempt=following)
+        self.out.events.append(("Warning", reason, retry))
+        return self._set("Queued", "Retrying", retry, attempt=following)
 
-    def _expire_children(self, body: Manifest, status: Manifest) -> None:
-        """ttlSecondsAfterFinished: delete every attempt's child and ConfigMap; the job itself stays."""
-        ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
-        finished = status.get("completionTime")
+    def _expire_children(self) -> None:
+        """ttlSecondsAfterFinished: delete every attempt's child, then its ConfigMap; the job itself stays.
+
+        The latest attempt's ConfigMap goes last, so its absence says the clean-up is complete."""
+        ttl = (self.body.get("spec") or {}).get("ttlSecondsAfterFinished")
+        finished = self.status.get("completionTime")
         if ttl is None or not finished or (self.now - _parse_time(finished)).total_seconds() < ttl:
             return
-        namespace, name = body["metadata"].get("namespace") or "default", body["metadata"]["name"]
-        for attempt in range(int(status.get("attempt") or 0) + 1):
-            for resource in (*(backend.resource for backend in BACKENDS.values()), CONFIG_MAPS):
-                child = contract.child_name(name, attempt)
-                target = contract.spec_config_map_name(name, attempt) if resource is CONFIG_MAPS else child
-                self.kube.delete(resource, namespace, target)
+        namespace, name = self.body["metadata"].get("namespace") or "default", self.body["metadata"]["name"]
+        attempts = range(int(self.status.get("attempt") or 0) + 1)
+        if self.kube.get(CONFIG_MAPS, namespace, contract.spec_config_map_name(name, attempts[-1])) is None:
+            return
+        for attempt in attempts:
+            for backend in BACKENDS.values():
+                self.kube.delete(backend.resource, namespace, contract.child_name(name, attempt))
+        for attempt in attempts:
+            self.kube.delete(CONFIG_MAPS, namespace, contract.spec_config_map_name(name, attempt))
 
-    def _finish(
-        self, body: Manifest, status: Manifest, out: Outcome, phase: str, reason: str, message: str, **extra: Any
-    ) -> Outcome:
+    def _finish(self, phase: str, reason: str, message: str, **extra: Any) -> Outcome:
         extra["completionTime"] = _timestamp(self.now)
         if phase == "Failed":
-            out.events.append(("Warning", reason, message))
-        return self._set(body, status, out, phase, reason, message, **extra)
+            self.out.events.append(("Warning", reason, message))
+        return self._set(phase, reason, message, **extra)
 
-    def _set(
-        self, body: Manifest, status: Manifest, out: Outcome, phase: str, reason: str, message: str, **extra: Any
-    ) -> Outcome:
-        generation = body["metadata"].get("generation")
+    def _set(self, phase: str, reason: str, message: str, **extra: Any) -> Outcome:
+        generation = self.body["metadata"].get("generation")
         now = _timestamp(self.now)
-        out.status = {
+        self.out.status = {
             "phase": phase,
-            "conditions": conditions_for(status.get("conditions"), phase, reason, message, generation, now),
+            "conditions": conditions_for(self.status.get("conditions"), phase, reason, message, generation, now),
             "observedGeneration": generation,
-            "attempt": int(status.get("attempt") or 0),
+            "attempt": int(self.status.get("attempt") or 0),
             **extra,
         }
-        if (phase, reason) != phase_reason(status) and phase in ("Running", "Succeeded"):
-            out.events.append(("Normal", phase, message))
-        return out
+        if (phase, reason) != phase_reason(self.status) and phase in ("Running", "Succeeded"):
+            self.out.events.append(("Normal", phase, message))
+        return self.out
 
 
 def _parse(body: Manifest) -> MemoryTuningJob:

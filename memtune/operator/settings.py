@@ -28,5 +28,5 @@ class OperatorSettings:
             trainer_image=os.environ.get(contract.ENV_TRAINER_IMAGE) or DEFAULT_TRAINER_IMAGE,
             storage_secret=os.environ.get(contract.ENV_STORAGE_SECRET) or None,
             log_level=os.environ.get(contract.ENV_LOG_LEVEL) or "INFO",
-            resync_seconds=float(os.environ.get("MEMTUNE_RESYNC_SECONDS") or 10.0),
+            resync_seconds=float(os.environ.get(contract.ENV_RESYNC_SECONDS) or 10.0),
         )

@@ -62,16 +62,17 @@ def test_report_folder_has_table_plots_and_every_answer(tmp_path, db):
         MethodScore("mome", score_answers(gold, ["SELECT name FROM t"], db), locality=0.5,
                     loss_curve=[2.0, 0.5, 0.01], seconds=9.0),
     ]
-    path = write_report(tmp_path / "out", "Ladder", scores, {"max_new_tokens": 128}, notes=["a note"])
+    path = write_report(tmp_path / "out", "Ladder", {"gold v2": scores}, {"max_new_tokens": 128}, notes=["a note"])
     text = path.read_text()
     assert "| base | 0.0% | 100.0% |" in text  # execution accuracy, then invalid SQL share
     assert "| mome | 100.0% | 0.0% |" in text
     assert "line 4: `Names?` → `SELECT nme FROM t`" in text and "invalid SQL: no such column: nme" in text
     assert "- max_new_tokens: 128" in text and "- a note" in text
-    for name in ("accuracy.png", "loss.png"):
+    assert "## gold v2" in text and "![gold v2](accuracy-gold-v2.png)" in text
+    for name in ("accuracy-gold-v2.png", "loss.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["methods"][1]["items"][0]["answer"] == "SELECT name FROM t"
+    assert results["sets"]["gold v2"][1]["items"][0]["answer"] == "SELECT name FROM t"
 
 
 def test_table_leaves_out_columns_no_method_has():

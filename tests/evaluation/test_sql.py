@@ -101,5 +101,5 @@ def test_extract_sql_from_fenced_answer():
 
 
 def test_missing_database_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.db"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.db"):
         connect_read_only(tmp_path / "nope.db")

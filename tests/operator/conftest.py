@@ -37,6 +37,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         }
         KUBECONFIG.write_text(yaml.safe_dump(kubeconfig))
         yield Cluster(emulator, str(server.url))
+        assert not emulator.invalid, emulator.invalid
 
 
 @pytest_asyncio.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import kmock
+from mtj_schemas import validate_builtin, validate_pytorchjob
 
 # Set before kopf and the kubernetes client are imported: both read these once.
 KUBECONFIG = Path(tempfile.mkdtemp(prefix="memtune-kmock-")) / "kubeconfig"  # rewritten by each `cluster`
@@ -23,6 +24,7 @@ os.environ["MEMTUNE_TRAINER_IMAGE"] = "registry.local/memtune-trainer:test"
 import kopf  # noqa: E402
 
 import memtune.operator  # noqa: E402, F401 - registers the handlers
+from memtune.spec import MemoryTuningJobStatus  # noqa: E402
 
 NAMESPACE = "ml"
 MTJ = kmock.resource("memtune.dev", "v1alpha1", "memorytuningjobs")
@@ -40,7 +42,23 @@ class VersionedEmulator(kmock.KubernetesEmulator):
 
     _versions = itertools.count(1)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.invalid: list[str] = []  # what a real API server would have rejected; asserted empty by `cluster`
+
+    def _check(self, request: kmock.Request) -> None:
+        """Validate every object the operator sends against the schema a real cluster would apply."""
+        validate = VALIDATORS.get(request.resource) if request.method == "POST" else None
+        if request.resource == MTJ and request.subresource == "status":
+            validate = _validate_status
+        if validate is not None:
+            try:
+                validate(request.data)
+            except Exception as error:  # each validator raises its own kind; all are recorded for the teardown
+                self.invalid.append(f"{request.method} {request.url.path}: {error}")
+
     async def _handle(self, request: kmock.Request) -> Any:
+        self._check(request)
         if request.resource is not None and isinstance(request.data, dict) and request.method in ("POST", "PATCH"):
             metadata = request.data.setdefault("metadata", {})
             metadata["resourceVersion"] = str(next(self._versions))
@@ -52,7 +70,22 @@ class VersionedEmulator(kmock.KubernetesEmulator):
                     metadata.setdefault("namespace", request.namespace)
                 if "name" not in metadata and "generateName" in metadata:
                     metadata["name"] = f"{metadata['generateName']}{metadata['resourceVersion']}"
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        created = request.method == "POST" and request.resource is not None and response.status == 200
+        if created and not response.prepared:
+            response.set_status(201)  # Created, as the API server says (the kubernetes client expects it)
+        return response
+
+
+def _validate_status(patch: dict[str, Any]) -> None:
+    MemoryTuningJobStatus.model_validate(patch["status"])
+
+
+VALIDATORS: dict[kmock.resource, Callable[[dict[str, Any]], None]] = {
+    PYTORCHJOBS: validate_pytorchjob,
+    JOBS: validate_builtin,
+    CONFIG_MAPS: validate_builtin,
+}
 
 
 class Cluster:
@@ -106,7 +139,8 @@ class Cluster:
 
     def serve_log(self, text: str) -> None:
         """Every pod log read returns `text` (the emulator keeps no logs of its own)."""
-        self.emulator["get", PODS, kmock.subresource("log")] << text.encode()
+        plain = kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
+        self.emulator["get", PODS, kmock.subresource("log")] << plain << text.encode()
 
     def events(self) -> list[dict[str, Any]]:
         """Events as the operator posted them (recorded requests, not stored state)."""

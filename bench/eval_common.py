@@ -1,0 +1,80 @@
+"""Shared steps of the evaluation benchmarks (bench/eval_*.py): train the MoME job, run the ladder, write the report.
+
+Each benchmark is `python bench/eval_<name>.py [--baselines ...] [--lora-steps N]`; results land in
+`bench/results/eval-<name>/` (report.md, accuracy-*.png, loss.png, results.json). Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from memtune.data import Example
+from memtune.evaluation.ladder import METHODS, Ladder, run_ladder
+from memtune.evaluation.lora import LoraSettings
+from memtune.evaluation.report import markdown_table, write_report
+from memtune.evaluation.scoring import MethodScore
+from memtune.spec import MemoryTuningJob
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+
+
+def arguments(description: str, default_lora_steps: int | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--baselines", default=",".join(METHODS), help="comma-separated rungs (default: all)")
+    parser.add_argument("--lora-steps", type=int, default=default_lora_steps,
+                        help="LoRA steps (default: the MoME job's max_steps, i.e. equal steps)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--fresh", action="store_true", help="retrain the MoME job even if a cached run matches")
+    args = parser.parse_args()
+    args.methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return args
+
+
+def train_mome(job: MemoryTuningJob, fresh: bool) -> dict[str, object]:
+    """Run (or reuse) the MoME job; returns its summary."""
+    from memtune.trainer.job import run_job
+
+    return run_job(job, use_cached_model=not fresh, show_progress=True).to_dict()
+
+
+def lora_settings(job: MemoryTuningJob, steps: int | None) -> LoraSettings:
+    matching = LoraSettings.matching(job.spec)
+    return matching if steps is None else LoraSettings(**{**matching.__dict__, "steps": steps})
+
+
+def ladder_report(
+    name: str,
+    title: str,
+    ladder: Ladder,
+    sets: Mapping[str, Sequence[Example]],
+    locality: Sequence[str],
+    settings: dict[str, object],
+    notes: Sequence[str],
+) -> dict[str, list[MethodScore]]:
+    """Run the ladder, print the tables, write bench/results/eval-<name>/."""
+    started = time.monotonic()
+    sections = run_ladder(ladder, sets, locality)
+    settings = {
+        **settings,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
+        "ladder wall time": f"{time.monotonic() - started:.0f} s",
+        "decoding": f"greedy, at most {ladder.max_new_tokens} new tokens, stop at end-of-turn",
+        "prompt rung": f"first {ladder.few_shot} training pairs after the system text",
+        "rag rung": f"top {ladder.rag_k} training pairs by cosine similarity (all-MiniLM-L6-v2 if installed)",
+        "lora rung": ladder.lora,
+    }
+    path = write_report(RESULTS / f"eval-{name}", title, sections, settings, notes)
+    for set_name, scores in sections.items():
+        print(f"\n## {set_name}\n\n{markdown_table(scores)}")
+    print(f"\nreport: {path}")
+    return sections

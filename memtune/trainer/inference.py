@@ -1,0 +1,109 @@
+"""Generation with routing: the key is computed once per prompt, then greedy decoding keeps the KV cache.
+
+    from memtune.trainer.inference import load_generator
+    generator = load_generator("runs/facts")        # a job output (latest run), a run folder, or a base model
+    [answer] = generator.generate(["Where was Lumdor Pragridor born?"])
+    answer.output, answer.route                      # "Katevsha", {"experts": [17], "distance": 0.0, "gated": False}
+
+Per batch: keys  = question_keys(prompts)            (B, d), a pass over the layers below the key layer
+           route = router(keys)                      experts (B, k), weights (B, k), gated rows weigh 0
+           model.generate(...) with the experts on   prefill: experts at the last prompt token only;
+                                                     each decoded token: experts on (see experts.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.trainer.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
+from memtune.trainer.encode import question_keys, tokenize_prompt
+from memtune.trainer.experts import ExpertHooks
+from memtune.trainer.memory import Memory
+from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model
+
+
+@dataclass
+class Answer:
+    output: str
+    route: dict[str, object] | None
+    """{"experts": [...], "distance": float, "gated": bool}; None for a plain base model."""
+
+
+class Generator:
+    def __init__(self, base: LoadedModel, memory: Memory | None = None, run: RunInfo | None = None):
+        self.base = base
+        self.memory = memory
+        self.run = run
+        self._hooks = ExpertHooks(base.model, memory.layout.expert_layers) if memory is not None else None
+        self._router = memory.router() if memory is not None else None
+
+    def close(self) -> None:
+        """Detach the expert hooks so the base model object is plain again."""
+        if self._hooks is not None:
+            self._hooks.remove()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8) -> list[Answer]:
+        answers: list[Answer] = []
+        for start in range(0, len(prompts), batch_size):
+            answers.extend(self._generate_batch(prompts[start : start + batch_size], max_new_tokens))
+        return answers
+
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int) -> list[Answer]:
+        tokenizer = self.base.tokenizer
+        rows = [tokenize_prompt(tokenizer, prompt).ids for prompt in prompts]
+        width = max(len(row) for row in rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])  # (B, T) left-padded
+        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])  # (B, T)
+        options = {
+            "attention_mask": attention_mask,
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": pad,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        if self.memory is None or self._router is None or self._hooks is None:
+            return [Answer(text, None) for text in self._decode(self.base.model.generate(input_ids, **options), width)]
+        routing = self._router(question_keys(self.base, prompts, self.memory.layout.key_layer))
+        if bool(routing.gated.all()):  # nobody routed: exactly the base model, no hook work at all
+            output = self.base.model.generate(input_ids, **options)
+        else:
+            params = self.memory.params
+            with self._hooks.active(params["A"], params["B"], routing.route, last_only=True):
+                output = self.base.model.generate(input_ids, **options)
+        texts = self._decode(output, width)
+        return [Answer(text, routing.describe(row)) for row, text in enumerate(texts)]
+
+    def _decode(self, output: torch.Tensor, prompt_width: int) -> list[str]:
+        return [text.strip() for text in self.base.tokenizer.batch_decode(output[:, prompt_width:], skip_special_tokens=True)]
+
+
+def resolve_run(model_ref: str | Path) -> Path | None:
+    """A run folder, the latest committed run of a job output, or None when `model_ref` is neither."""
+    path = Path(str(model_ref).removeprefix("file://")).expanduser()
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    if runs_dir(path).is_dir():
+        runs = committed_runs(path)
+        if not runs:
+            raise IntegrityError(f"{path}: no committed run under runs/ (every run lacks {MANIFEST_NAME})")
+        return runs[-1]
+    return None
+
+
+def load_generator(model_ref: str) -> Generator:
+    """Checksums first (run files, then the base model's weights), deserialisation after."""
+    run_folder = resolve_run(model_ref)
+    if run_folder is None:
+        return Generator(load_base_model(model_ref))
+    run = read_run(run_folder)
+    base = load_base_model(run.base_model)
+    actual = folder_sha256(base.path)
+    if actual != base.sha256:
+        raise IntegrityError(f"{base.path}: base model files changed since conversion (sha256 {actual[:12]}…)")
+    return Generator(base, load_memory(run, actual), run)
