@@ -173,7 +173,7 @@ def _register_optional_commands() -> None:
     try:
         from memtune.cluster import register_commands
     except ModuleNotFoundError as error:
-        if error.name not in ("kubernetes", "memtune.cluster"):  # TODO(lead): drop memtune.cluster once it lands
+        if error.name != "kubernetes":
             raise
         return  # installed without the `operator` extra: no cluster commands
     register_commands(app)
