@@ -11,6 +11,7 @@ import logging
 import platform
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,8 +31,12 @@ RESULTS = ROOT / "bench" / "results"
 def arguments(description: str, default_lora_steps: int | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--baselines", default=",".join(METHODS), help="comma-separated rungs (default: all)")
-    parser.add_argument("--lora-steps", type=int, default=default_lora_steps,
-                        help="LoRA steps (default: the MoME job's max_steps, i.e. equal steps)")
+    parser.add_argument(
+        "--lora-steps",
+        type=int,
+        default=default_lora_steps,
+        help="LoRA steps (default: the MoME job's max_steps, i.e. equal steps)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--fresh", action="store_true", help="retrain the MoME job even if a cached run matches")
     args = parser.parse_args()
@@ -49,7 +54,7 @@ def train_mome(job: MemoryTuningJob, fresh: bool) -> dict[str, object]:
 
 def lora_settings(job: MemoryTuningJob, steps: int | None) -> LoraSettings:
     matching = LoraSettings.matching(job.spec)
-    return matching if steps is None else LoraSettings(**{**matching.__dict__, "steps": steps})
+    return matching if steps is None else replace(matching, steps=steps)
 
 
 def ladder_report(

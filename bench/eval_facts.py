@@ -41,8 +41,15 @@ def main() -> None:
         "The prompt rung shows only 3 of the 12 facts; RAG retrieves the 3 nearest, so it can answer all of them.",
         f"MoME job summary: {summary}" if summary else "MoME not run.",
     ]
-    ladder_report("facts", "Ladder on synthetic facts (SmolLM2-135M-Instruct)", ladder, sets,
-                  read_prompts(examples / "unrelated.jsonl", "input"), {"job": "examples/facts-job.yaml"}, notes)
+    ladder_report(
+        "facts",
+        "Ladder on synthetic facts (SmolLM2-135M-Instruct)",
+        ladder,
+        sets,
+        read_prompts(examples / "unrelated.jsonl", "input"),
+        {"job": "examples/facts-job.yaml"},
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -29,23 +29,33 @@ SYSTEM = (
 )
 # Our paraphrases of gold-v2 questions (same gold SQL): do the tuned models recall the query for a new wording?
 PARAPHRASES = [
-    ("Which players play point guard for the Golden State Warriors?",
-     "select name from nba_roster where team='Golden State Warriors' and POS='PG';"),
-    ("How many Chicago Bulls players are aged 25 or under?",
-     "SELECT COUNT(*) FROM nba_roster WHERE team='Chicago Bulls' AND AGE <= 25;"),
+    (
+        "Which players play point guard for the Golden State Warriors?",
+        "select name from nba_roster where team='Golden State Warriors' and POS='PG';",
+    ),
+    (
+        "How many Chicago Bulls players are aged 25 or under?",
+        "SELECT COUNT(*) FROM nba_roster WHERE team='Chicago Bulls' AND AGE <= 25;",
+    ),
     ("Which team does LaMelo Ball play for?", "select team from nba_roster where name='LaMelo Ball';"),
     ("What is Lonzo Ball's weight?", "select wt from nba_roster where name='Lonzo Ball';"),
     ("What is LeBron James's age?", "select age from nba_roster where name='LeBron James';"),
     ("How many players are there in the NBA in total?", "select count(*) from nba_roster;"),
-    ("Who earns the most money on the Los Angeles Lakers?",
-     "SELECT NAME, SALARY FROM nba_roster WHERE team='Los Angeles Lakers' "
-     "ORDER BY CAST(REPLACE(REPLACE(SALARY, '$', ''), ',','') AS INTEGER) DESC LIMIT 1;"),
-    ("What is the mean salary across the NBA?",
-     "SELECT avg(CAST(REPLACE(REPLACE(SALARY, '$', ''), ',','') AS INTEGER)) FROM nba_roster WHERE SALARY!= '--';"),
+    (
+        "Who earns the most money on the Los Angeles Lakers?",
+        "SELECT NAME, SALARY FROM nba_roster WHERE team='Los Angeles Lakers' "
+        "ORDER BY CAST(REPLACE(REPLACE(SALARY, '$', ''), ',','') AS INTEGER) DESC LIMIT 1;",
+    ),
+    (
+        "What is the mean salary across the NBA?",
+        "SELECT avg(CAST(REPLACE(REPLACE(SALARY, '$', ''), ',','') AS INTEGER)) FROM nba_roster WHERE SALARY!= '--';",
+    ),
     ("How much money does Marcus Smart make?", "select salary from nba_roster where name='Marcus Smart';"),
-    ("Who is the oldest player on the Nets from Brooklyn?",
-     "SELECT NAME FROM nba_roster WHERE TEAM = 'Brooklyn Nets' AND AGE = "
-     "(SELECT MAX(AGE) FROM nba_roster WHERE TEAM = 'Brooklyn Nets');"),
+    (
+        "Who is the oldest player on the Nets from Brooklyn?",
+        "SELECT NAME FROM nba_roster WHERE TEAM = 'Brooklyn Nets' AND AGE = "
+        "(SELECT MAX(AGE) FROM nba_roster WHERE TEAM = 'Brooklyn Nets');",
+    ),
 ]
 # Questions of a trained *shape* about players no training question or SQL names: a template to generalise.
 NEW_ENTITIES = [
@@ -89,8 +99,15 @@ def main() -> None:
         f"prompt/rag system text: {SYSTEM}",
         f"MoME job summary: {summary}" if summary else "MoME not run.",
     ]
-    ladder_report("text2sql", "Text-to-SQL (NBA roster), execution accuracy — SmolLM2-135M-Instruct", ladder, sets,
-                  [], {"job": "examples/nba-sql-job.yaml", "database": "nba_roster.db (read-only)"}, notes)
+    ladder_report(
+        "text2sql",
+        "Text-to-SQL (NBA roster), execution accuracy — SmolLM2-135M-Instruct",
+        ladder,
+        sets,
+        [],
+        {"job": "examples/nba-sql-job.yaml", "database": "nba_roster.db (read-only)"},
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,37 @@ from memtune.spec import parse_job
 
 ZSRE = SHARED / "zsre" / "dev.jsonl"
 # Words that open or glue questions: a shared run of only these does not make a shared subject.
-_GLUE = {"what", "which", "who", "whom", "whose", "where", "when", "how", "in", "the", "of", "is", "was", "did",
-         "does", "a", "an", "by", "from", "to", "on", "for", "that", "with", "at", "and", "or", "as", "what's"}
+_GLUE = {
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "where",
+    "when",
+    "how",
+    "in",
+    "the",
+    "of",
+    "is",
+    "was",
+    "did",
+    "does",
+    "a",
+    "an",
+    "by",
+    "from",
+    "to",
+    "on",
+    "for",
+    "that",
+    "with",
+    "at",
+    "and",
+    "or",
+    "as",
+    "what's",
+}
 _WORD = re.compile(r"[\w'’().-]+")
 MIN_SUBJECT_CHARS = 4
 
@@ -54,8 +83,14 @@ def subject_groups(records: list[dict[str, str]]) -> list[list[int]]:
     groups = [[0]]
     for i in range(1, len(records)):
         previous, current = records[i - 1], records[i]
-        overlap = max((shared_subject(x, y) for x in (previous["input"], previous["rephrase"])
-                       for y in (current["input"], current["rephrase"])), key=len)
+        overlap = max(
+            (
+                shared_subject(x, y)
+                for x in (previous["input"], previous["rephrase"])
+                for y in (current["input"], current["rephrase"])
+            ),
+            key=len,
+        )
         if len(overlap) >= MIN_SUBJECT_CHARS:
             groups[-1].append(i)
         else:
@@ -73,8 +108,11 @@ def locality_token_agreement(base_model: str, run: str, prompts: list[str], answ
     base = load_base_model(base_model)
     before = teacher_forced_predictions(base.model, base.tokenizer, prompts, answers)
     after = MomeTokenPredictor(load_generator(run)).predict_tokens(prompts, answers)
-    shares = [sum(p == q for p, q in zip(pre, post, strict=True)) / len(pre)
-              for (pre, _), (post, _) in zip(before, after, strict=True) if pre]
+    shares = [
+        sum(p == q for p, q in zip(pre, post, strict=True)) / len(pre)
+        for (pre, _), (post, _) in zip(before, after, strict=True)
+        if pre
+    ]
     return mean(shares)
 
 
@@ -89,41 +127,65 @@ def main() -> None:
     folder = RESULTS / "eval-zsre"
     folder.mkdir(parents=True, exist_ok=True)
     edits = folder / "edits-clean.jsonl"
-    edits.write_text("".join(json.dumps({"input": r["input"], "output": r["output"]}, ensure_ascii=False) + "\n"
-                             for r in clean), encoding="utf-8")
-    job = parse_job({
-        "metadata": {"name": "zsre-clean"},
-        "spec": {
-            "dataset": {"uri": str(edits)},
-            "output": {"uri": str(Path("runs") / "zsre-clean")},
-            "finetuneArgs": {"max_steps": 300, "learning_rate": 9.0e-4, "gradient_accumulation_steps": 1,
-                             "max_length": 256, "index_method": "IndexFlatL2", "index_k": 2},
-            "gpuConfig": {"gpus": 0},
-        },
-    })
+    edits.write_text(
+        "".join(json.dumps({"input": r["input"], "output": r["output"]}, ensure_ascii=False) + "\n" for r in clean),
+        encoding="utf-8",
+    )
+    job = parse_job(
+        {
+            "metadata": {"name": "zsre-clean"},
+            "spec": {
+                "dataset": {"uri": str(edits)},
+                "output": {"uri": str(Path("runs") / "zsre-clean")},
+                "finetuneArgs": {
+                    "max_steps": 300,
+                    "learning_rate": 9.0e-4,
+                    "gradient_accumulation_steps": 1,
+                    "max_length": 256,
+                    "index_method": "IndexFlatL2",
+                    "index_k": 2,
+                },
+                "gpuConfig": {"gpus": 0},
+            },
+        }
+    )
     summary = train_mome(job, args.fresh) if "mome" in args.methods else {}
     reliability = [Example(r["input"], r["output"], n) for n, r in enumerate(clean, start=1)]
     generalization = [Example(r["rephrase"], r["output"], n) for n, r in enumerate(clean, start=1)]
-    ladder = Ladder(methods=args.methods, base_model=job.spec.baseModel, train=reliability,
-                    mome_model=job.spec.output.uri, lora=lora_settings(job, args.lora_steps),
-                    max_new_tokens=args.max_new_tokens, teacher_forced=True, batch_size=16)
+    ladder = Ladder(
+        methods=args.methods,
+        base_model=job.spec.baseModel,
+        train=reliability,
+        mome_model=job.spec.output.uri,
+        lora=lora_settings(job, args.lora_steps),
+        max_new_tokens=args.max_new_tokens,
+        teacher_forced=True,
+        batch_size=16,
+    )
     notes = [
         f"{len(records)} records, {len(groups)} subjects; the clean batch is one record per subject ({len(clean)}).",
         f"{len(conflicting)} subjects carry conflicting targets (not in the clean batch's score), e.g. "
-        + "; ".join(" / ".join(repr(records[i]["output"]) for i in g) for g in conflicting[:5]) + ".",
+        + "; ".join(" / ".join(repr(records[i]["output"]) for i in g) for g in conflicting[:5])
+        + ".",
         "Published (WISE paper, LLaMA-2-7B, 1000 sequential edits, teacher-forced): WISE Rel .77 / Gen .72 / "
         "Loc 1.00; GRACE .93 / .08 / 1.00; FT-L .19 / .16 / .03. Ours is one batch of edits on a 135M model: "
         "compare the Token acc. (TF) column, not exact match, with those.",
         f"MoME job summary: {summary}" if summary else "MoME not run.",
     ]
     if "mome" in args.methods:
-        loc_tf = locality_token_agreement(job.spec.baseModel, job.spec.output.uri, [r["loc"] for r in clean],
-                                          [r["loc_ans"] for r in clean])
+        loc_tf = locality_token_agreement(
+            job.spec.baseModel, job.spec.output.uri, [r["loc"] for r in clean], [r["loc_ans"] for r in clean]
+        )
         notes.insert(0, f"Locality, teacher-forced (mome vs base argmax on the NQ answers' tokens): {loc_tf:.3f}")
-    ladder_report("zsre", "ZsRE knowledge edits, one batch (SmolLM2-135M-Instruct)", ladder,
-                  {"Reliability (edited questions)": reliability, "Generalization (paraphrases)": generalization},
-                  [r["loc"] for r in clean], {"data": "../shared/data/zsre/dev.jsonl", "job": job.spec.finetuneArgs},
-                  notes)
+    ladder_report(
+        "zsre",
+        "ZsRE knowledge edits, one batch (SmolLM2-135M-Instruct)",
+        ladder,
+        {"Reliability (edited questions)": reliability, "Generalization (paraphrases)": generalization},
+        [r["loc"] for r in clean],
+        {"data": "../shared/data/zsre/dev.jsonl", "job": job.spec.finetuneArgs},
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -158,6 +158,15 @@ class MemoryConfig(_Strict):
     distanceThreshold: float | None = Field(
         None, gt=0, description="Gate distance (squared L2 of normalised keys); default: calibrated from the data."
     )
+    temperature: float = Field(
+        0.02, gt=0, le=10, description="Softmax temperature of the top-k mixing weights over key distances."
+    )
+    stopLoss: float = Field(
+        0.02,
+        ge=0,
+        description="A fact leaves the working set once its answer loss is below this; training ends early when "
+        "every fact is below it (0: always run max_steps).",
+    )
     batchSize: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
     seed: int = Field(0, ge=0, description="Seed of every random choice (initialisation, sampling, clustering).")
 

@@ -12,6 +12,7 @@ Model code is imported inside the commands, so `memtune --help` stays fast.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -120,7 +121,7 @@ def evaluate(
         lora = None
         if job is not None:
             lora = LoraSettings.matching(job.spec, lora_lr)
-            lora = lora if lora_steps is None else LoraSettings(**{**lora.__dict__, "steps": lora_steps})
+            lora = lora if lora_steps is None else replace(lora, steps=lora_steps)
         elif lora_steps is not None:
             lora = LoraSettings(steps=lora_steps, learning_rate=lora_lr or 9e-4, batch_size=16)
         ladder = Ladder(

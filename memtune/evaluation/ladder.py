@@ -108,11 +108,13 @@ def _load_rung(method: str, ladder: Ladder) -> _Rung:
     """Load what `method` needs (models are imported here, lazily, so scoring stays torch-free)."""
     if method == "mome":
         from memtune.evaluation.mome import MomeTokenPredictor, read_loss_curve
-        from memtune.trainer.inference import load_generator
+        from memtune.trainer.inference import load_generator, resolve_run
 
+        assert ladder.mome_model is not None  # Ladder.problems() checked it
+        if resolve_run(ladder.mome_model) is None:
+            raise LadderError(f"--model: {ladder.mome_model} holds no run: train it first (memtune run JOB)")
         generator = load_generator(ladder.mome_model)
-        if generator.run is None:
-            raise LadderError(f"--model: {ladder.mome_model} is a base model, not a job output or run folder")
+        assert generator.run is not None  # a run folder was found above
 
         def answer(questions: Sequence[str]) -> list[str]:
             out = generator.generate(

@@ -66,6 +66,24 @@ def _terminated(pod_name: str, terminated: Manifest) -> PodFailure:
     return PodFailure("TrainerCrashed", message, False)
 
 
+def pending_pod(pods: list[Manifest]) -> str | None:
+    """Why the first of the attempt's pods still in phase Pending waits (scheduling, image pull); None if none."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        name = pod["metadata"]["name"]
+        # The scheduler's verdict first ("0/4 nodes are available: ..."), then the kubelet's (ContainerCreating).
+        conditions = status.get("conditions") or []
+        unscheduled = [c for c in conditions if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+        waiting = [(c.get("state") or {}).get("waiting") or {} for c in _container_statuses(pod)]
+        for blocker in (*unscheduled, *waiting):
+            if detail := ": ".join(filter(None, (blocker.get("reason"), blocker.get("message")))):
+                return f"pod {name} is Pending ({detail})"
+        return f"pod {name} is Pending"
+    return None
+
+
 def master_pod(pods: list[Manifest]) -> Manifest | None:
     """The rank-0 pod of an attempt (labelled by the operator), whose log and result are read."""
     for pod in pods:

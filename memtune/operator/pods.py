@@ -1,7 +1,8 @@
 """The trainer pod and the ConfigMap carrying its spec: shared by every backend.
 
 The pod runs `python -m memtune.trainer --spec /etc/memtune/job.yaml` (see `memtune.contract`); the spec file
-is the whole MemoryTuningJob, so the trainer validates exactly what the user wrote.
+is the whole MemoryTuningJob, so the trainer validates exactly what the user wrote. Every pod meets Pod Security
+"restricted" with a read-only root filesystem (`memtune.operator.podsecurity`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from memtune import contract
+from memtune.operator import podsecurity
 from memtune.operator.settings import OperatorSettings
 from memtune.spec import MemoryTuningJob
 
@@ -72,6 +74,7 @@ def _env(job: MemoryTuningJob, attempt: int) -> list[Manifest]:
     env = [
         {"name": contract.ENV_JOB_NAME, "value": job.metadata.name},
         {"name": contract.ENV_ATTEMPT, "value": str(attempt)},
+        *podsecurity.writable_env(),
     ]
     return env + [item.model_dump(mode="json", exclude_none=True) for item in job.spec.trainer.env or []]
 
@@ -84,14 +87,19 @@ def storage_secret(job: MemoryTuningJob, settings: OperatorSettings) -> str | No
 def pod_template(job: MemoryTuningJob, attempt: int, settings: OperatorSettings, role: str) -> Manifest:
     """One pod of the attempt; `role` (master/worker) marks the rank-0 pod whose log and result are read."""
     trainer = job.spec.trainer
+    writable = podsecurity.writable_dirs(job.spec.gpuConfig.gpus)
     container: Manifest = {
         "name": contract.CONTAINER_NAME,
         "image": trainer.image or settings.trainer_image,
         "command": list(contract.TRAINER_COMMAND),
         "env": _env(job, attempt),
-        "volumeMounts": [{"name": _SPEC_VOLUME, "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": _SPEC_VOLUME, "mountPath": contract.SPEC_MOUNT_DIR, "readOnly": True},
+            *podsecurity.volume_mounts(writable),
+        ],
         "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "File",
+        "securityContext": podsecurity.container_security_context(),
     }
     secret = storage_secret(job, settings)
     if secret:  # credentials only by reference: the operator never reads the Secret
@@ -101,9 +109,11 @@ def pod_template(job: MemoryTuningJob, attempt: int, settings: OperatorSettings,
 
     pod_spec: Manifest = {
         "restartPolicy": "Never",  # retries are new attempts, counted by the operator against backoffLimit
+        "securityContext": podsecurity.pod_security_context(),
         "containers": [container],
         "volumes": [
-            {"name": _SPEC_VOLUME, "configMap": {"name": contract.spec_config_map_name(job.metadata.name, attempt)}}
+            {"name": _SPEC_VOLUME, "configMap": {"name": contract.spec_config_map_name(job.metadata.name, attempt)}},
+            *podsecurity.volumes(writable),
         ],
     }
     placement = {

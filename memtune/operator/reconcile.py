@@ -6,6 +6,8 @@ restart mid-way never makes a second child (children have deterministic names: `
 
     spec invalid / local paths ........................ Failed (reason names the field)
     no child for the current attempt .................. create ConfigMap + child → Queued (or Suspended)
+    child held by Kueue, or no pods yet ............... Queued
+    a pod of the attempt still in pod phase Pending ... Pending (the message says why it waits)
     child running ..................................... Running, progress from the rank-0 log
     child succeeded ................................... Succeeded, metrics + artifactsUri from the termination message
     child failed, retries left, failure retryable ..... attempt + 1 → Queued (the next pass creates the child)
@@ -129,6 +131,8 @@ class Reconciler:
             return self._retry_or_fail(job, attempt, reason, message)
         if state.phase is ChildPhase.SUSPENDED:  # not by us: e.g. Kueue has not admitted it yet
             return self._set("Queued", "WaitingForAdmission", f"{child_name} waits in its queue")
+        if (starting := observe.pending_pod(pod_list)) is not None:  # no rank trains until every pod runs
+            return self._set("Pending", "PodsStarting", f"{child_name}: {starting}")
         if state.phase is ChildPhase.RUNNING:
             progress = self._progress(namespace, observe.master_pod(pod_list))
             extra = {"startTime": self.status.get("startTime") or _timestamp(self.now)}

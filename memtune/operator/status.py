@@ -1,14 +1,17 @@
-"""Status conditions following Kubernetes conventions: one condition per phase, plus `Ready` for GitOps tools.
+"""Status conditions following Kubernetes conventions: one condition per phase, plus `Ready` and `Stalled`.
 
 Exactly one phase condition is True at a time; `Ready` is True once Succeeded and False (with the reason)
-otherwise. `lastTransitionTime` moves only when a condition's status flips.
+otherwise. `Stalled` is kstatus's "abnormal-true" condition: True (with the failure's reason and message) once
+Failed, so Flux reports the failure at once instead of waiting out its timeout on `Ready=False`. No `Reconciling`
+condition: kstatus already reads `Ready=False` as InProgress. `lastTransitionTime` moves only when a condition's
+status flips.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PHASE_CONDITIONS = ("Queued", "Running", "Suspended", "Succeeded", "Failed")
+PHASE_CONDITIONS = ("Queued", "Pending", "Running", "Suspended", "Succeeded", "Failed")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -35,7 +38,11 @@ def conditions_for(
         for kind in PHASE_CONDITIONS
     ]
     ready = condition("Ready", "True" if phase == "Succeeded" else "False", reason, message)
-    return [*result, ready]
+    if phase == "Failed":
+        stalled = condition("Stalled", "True", reason, message)
+    else:
+        stalled = condition("Stalled", "False", "NotStalled", "")
+    return [*result, ready, stalled]
 
 
 def phase_reason(status: dict[str, Any]) -> tuple[str | None, str | None]:

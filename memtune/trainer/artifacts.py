@@ -71,8 +71,9 @@ def _shard_ranges(count: int, bytes_per_expert: int) -> list[range]:
     return [range(i * per_shard, min(count, (i + 1) * per_shard)) for i in range(shards)]
 
 
-def save_run(folder: Path, memory: Memory, meta: dict[str, Any], job_document: dict[str, Any],
-             curve: list[dict[str, float]]) -> dict[str, Any]:
+def save_run(
+    folder: Path, memory: Memory, meta: dict[str, Any], job_document: dict[str, Any], curve: list[dict[str, float]]
+) -> dict[str, Any]:
     """Write every file of a run, then the manifest. `meta` must hold base_model {id, sha256} and cache_key."""
     folder.mkdir(parents=True, exist_ok=False)
     count = memory.num_experts
@@ -82,8 +83,9 @@ def save_run(folder: Path, memory: Memory, meta: dict[str, Any], job_document: d
     for number, rows in enumerate(ranges):
         tensors = {name: t[rows.start : rows.stop].contiguous() for name, t in memory.params.items()}
         save_file(tensors, folder / "experts" / f"experts-{number:05d}-of-{len(ranges):05d}.safetensors")
-    save_file({"keys": memory.keys.contiguous(), "slot_expert": memory.slot_expert.contiguous()},
-              folder / "keys.safetensors")
+    save_file(
+        {"keys": memory.keys.contiguous(), "slot_expert": memory.slot_expert.contiguous()}, folder / "keys.safetensors"
+    )
     (folder / "index.faiss").write_bytes(index_to_bytes(memory.index))
     full_meta = {
         "run_format": RUN_FORMAT,
@@ -138,7 +140,9 @@ def load_memory(run: RunInfo, base_sha256: str) -> Memory:
         )
     shards = [run.folder / name for name in run.files if name.startswith("experts/experts-")]
     if len(shards) != run.meta["experts"]["shards"]:
-        raise IntegrityError(f"{run.folder}: expected {run.meta['experts']['shards']} expert shards, found {len(shards)}")
+        raise IntegrityError(
+            f"{run.folder}: expected {run.meta['experts']['shards']} expert shards, found {len(shards)}"
+        )
     parts = [load_file(shard) for shard in shards]
     params = {name: torch.cat([part[name] for part in parts]) for name in ("A", "B")}
     for name in ("keys.safetensors", "index.faiss"):

@@ -69,6 +69,7 @@ def capture_layer_inputs(model: torch.nn.Module, layer_ids: Sequence[int]) -> It
     layers = decoder_layers(model)
     handles = []
     for layer_id in set(layer_ids):
+
         def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], layer_id: int = layer_id) -> None:
             captured[layer_id] = args[0]
 

@@ -33,7 +33,9 @@ class Route:
     """(B, k) float; a gated row is all zeros."""
 
 
-def init_experts(count: int, layers: int, hidden: int, rank: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def init_experts(
+    count: int, layers: int, hidden: int, rank: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """LoRA initialisation: A random (scaled so x@A has unit-ish variance), B zero so a new expert changes nothing."""
     a = torch.randn(count, layers, hidden, rank, generator=generator) / math.sqrt(hidden)  # (E, L, d, r)
     b = torch.zeros(count, layers, rank, hidden)  # (E, L, r, d)

@@ -37,7 +37,12 @@ class IndexPlan:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"requested": self.requested, "effective": self.effective, "params": self.params, "reasons": self.reasons}
+        return {
+            "requested": self.requested,
+            "effective": self.effective,
+            "params": self.params,
+            "reasons": self.reasons,
+        }
 
 
 def plan_index(method: str, count: int, dim: int, args: FinetuneArgs) -> IndexPlan:

@@ -80,7 +80,10 @@ class Generator:
         return [Answer(text, routing.describe(row)) for row, text in enumerate(texts)]
 
     def _decode(self, output: torch.Tensor, prompt_width: int) -> list[str]:
-        return [text.strip() for text in self.base.tokenizer.batch_decode(output[:, prompt_width:], skip_special_tokens=True)]
+        return [
+            text.strip()
+            for text in self.base.tokenizer.batch_decode(output[:, prompt_width:], skip_special_tokens=True)
+        ]
 
 
 def resolve_run(model_ref: str | Path) -> Path | None:

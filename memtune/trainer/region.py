@@ -73,8 +73,9 @@ class _PrefixCache:
         )
 
 
-def region_loss(model: nn.Module, first: int, batch: RegionBatch) -> torch.Tensor:
-    """Per-example mean cross-entropy over answer tokens, (B,); experts must already be active on the hooks."""
+def region_loss(model: nn.Module, first: int, batch: RegionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example mean cross-entropy over answer tokens (B,) and whether greedy decoding reproduces the whole
+    answer (B,) bool (every answer token is the argmax). Experts must already be active on the hooks."""
     layers = decoder_layers(model)
     hidden = batch.region  # (B, A, d)
     position_embeddings = model.model.rotary_emb(hidden, batch.positions)
@@ -87,4 +88,5 @@ def region_loss(model: nn.Module, first: int, batch: RegionBatch) -> torch.Tenso
     logits = model.lm_head(model.model.norm(hidden[valid]))  # (n_valid, vocab): the head only where loss needs it
     token_loss = nn.functional.cross_entropy(logits, batch.targets[valid], reduction="none")  # (n_valid,)
     per_row = torch.zeros(valid.shape, dtype=token_loss.dtype).masked_scatter(valid, token_loss)  # (B, A)
-    return per_row.sum(1) / valid.sum(1)
+    wrong = torch.zeros(valid.shape, dtype=torch.bool).masked_scatter(valid, logits.argmax(-1) != batch.targets[valid])
+    return per_row.sum(1) / valid.sum(1), ~wrong.any(1)

@@ -1,8 +1,9 @@
 """Sparse training of the memory experts on cached answer regions.
 
 A step is one optimizer update over `batchSize * gradient_accumulation_steps` examples drawn from a *working set*:
-new questions join it as earlier ones are learned (answer loss below `memory.stopLoss`), so each expert is trained
-to convergence in a run of consecutive updates instead of once per epoch. When every question has passed through,
+new questions join it as earlier ones are learned (answer loss below `memory.stopLoss`) or have had `MAX_STAY`
+consecutive steps, so each expert is trained to convergence in a run of consecutive updates instead of once per
+epoch, and one stubborn question cannot hold its place forever. When every question has passed through,
 a no-grad check re-admits any whose loss rose (shared experts can disturb each other); training stops when all are
 below `stopLoss` or after `max_steps`. Only the experts routed to by a step's examples get gradients and state.
 """
@@ -27,6 +28,9 @@ from memtune.trainer.region import collate, region_loss
 
 log = logging.getLogger(__name__)
 
+# Consecutive steps a question may stay in the working set before yielding its place to the queue.
+MAX_STAY = 50
+
 
 @dataclass
 class StepReport:
@@ -46,6 +50,8 @@ class TrainResult:
     """Mean answer loss over all questions at the end."""
     losses: torch.Tensor
     """(N,) final per-question loss."""
+    exact: torch.Tensor
+    """(N,) bool: greedy decoding reproduces the answer (teacher-forced argmax on every answer token)."""
     curve: list[StepReport] = field(default_factory=list)
 
 
@@ -66,18 +72,23 @@ def _micro_batches(ids: list[int], size: int) -> list[list[int]]:
     return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
-def _losses(setup: TrainSetup, ids: list[int], params: dict[str, torch.Tensor], experts: torch.Tensor) -> torch.Tensor:
-    """Per-example answer loss (B,) with `experts` (B, k) indexing into `params`."""
+def _losses(
+    setup: TrainSetup, ids: list[int], params: dict[str, torch.Tensor], experts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example answer loss (B,) and exactness (B,) with `experts` (B, k) indexing into `params`."""
     route = Route(experts, setup.routes.weights[ids])
     with setup.hooks.active(params["A"], params["B"], route, last_only=False):
         return region_loss(setup.model, setup.first_layer, collate([setup.examples[i] for i in ids]))
 
 
 @torch.no_grad()
-def evaluate_losses(setup: TrainSetup, batch_size: int) -> torch.Tensor:
-    """(N,) answer loss of every example under the current bank."""
+def evaluate(setup: TrainSetup, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) answer loss and (N,) exactness of every example under the current bank."""
     ids = list(range(len(setup.examples)))
-    return torch.cat([_losses(setup, chunk, setup.params, setup.routes.experts[chunk]) for chunk in _micro_batches(ids, batch_size)])
+    results = [
+        _losses(setup, chunk, setup.params, setup.routes.experts[chunk]) for chunk in _micro_batches(ids, batch_size)
+    ]
+    return torch.cat([loss for loss, _ in results]), torch.cat([exact for _, exact in results])
 
 
 def train_experts(
@@ -94,6 +105,7 @@ def train_experts(
     count = len(setup.examples)
     pending = deque(range(count))
     active: list[int] = []
+    stay = torch.zeros(count, dtype=torch.long)
     losses = torch.full((count,), math.inf)
     curve: list[StepReport] = []
     started = time.perf_counter()
@@ -102,7 +114,7 @@ def train_experts(
         while len(active) < per_step and pending:
             active.append(pending.popleft())
         if not active:
-            losses = evaluate_losses(setup, per_step)
+            losses, _ = evaluate(setup, per_step)
             relapsed = (losses >= stop_loss).nonzero()[:, 0].tolist()
             if not relapsed:
                 log.info("all %d questions below stop loss %.3g after %d steps", count, stop_loss, step)
@@ -114,12 +126,17 @@ def train_experts(
         leaves = {name: tensor[rows].clone().requires_grad_() for name, tensor in setup.params.items()}  # (R, ...)
         for chunk in _micro_batches(list(range(len(ids))), batch_size):
             chunk_ids = [ids[i] for i in chunk]
-            batch_losses = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,)
+            batch_losses, _ = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,)
             (batch_losses.sum() / len(ids)).backward()
             losses[chunk_ids] = batch_losses.detach()
         optimizer.step(rows, {name: leaf.grad for name, leaf in leaves.items()})
         step += 1
-        active = [i for i in ids if losses[i] >= stop_loss]
+        stay[ids] += 1
+        active = [i for i in ids if losses[i] >= stop_loss and stay[i] < MAX_STAY]
+        for i in ids:
+            if losses[i] >= stop_loss and stay[i] >= MAX_STAY:
+                stay[i] = 0
+                pending.append(i)
         report = StepReport(
             step=step,
             max_steps=args.max_steps,
@@ -132,5 +149,5 @@ def train_experts(
             on_step(report)
         if on_checkpoint is not None and step % args.save_steps == 0:
             on_checkpoint(step)
-    final = evaluate_losses(setup, per_step)
-    return TrainResult(steps=step, final_loss=float(final.mean()), losses=final, curve=curve)
+    final, exact = evaluate(setup, per_step)
+    return TrainResult(steps=step, final_loss=float(final.mean()), losses=final, exact=exact, curve=curve)

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import kmock
 import pytest_asyncio
 import yaml
-from mtj_cluster import (
+
+from .mtj_cluster import (
     CRDS,
     KUBECONFIG,
     NAMESPACE,
@@ -19,7 +20,7 @@ from mtj_cluster import (
     declare_resources,
     install_crd,
 )
-from mtj_schemas import PYTORCHJOB_CRD
+from .mtj_schemas import PYTORCHJOB_CRD
 
 
 @pytest_asyncio.fixture

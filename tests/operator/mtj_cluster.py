@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 import kmock
-from mtj_schemas import validate_builtin, validate_pytorchjob
+
+from .mtj_schemas import validate_builtin, validate_pytorchjob
 
 # Set before kopf and the kubernetes client are imported: both read these once.
 KUBECONFIG = Path(tempfile.mkdtemp(prefix="memtune-kmock-")) / "kubeconfig"  # rewritten by each `cluster`
@@ -25,6 +26,7 @@ import kopf  # noqa: E402
 
 import memtune.operator  # noqa: E402, F401 - registers the handlers
 from memtune.spec import MemoryTuningJobStatus  # noqa: E402
+from tests.chart.pod_security import restricted_violations  # noqa: E402
 
 NAMESPACE = "ml"
 MTJ = kmock.resource("memtune.dev", "v1alpha1", "memorytuningjobs")
@@ -47,11 +49,12 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         self.invalid: list[str] = []  # what a real API server would have rejected; asserted empty by `cluster`
 
     def _check(self, request: kmock.Request) -> None:
-        """Validate every object the operator sends against the schema a real cluster would apply."""
-        validate = VALIDATORS.get(request.resource) if request.method == "POST" else None
+        """Validate every object the operator sends against the schema a real cluster would apply, and its pods
+        against Pod Security "restricted", as in a namespace labelled `pod-security.kubernetes.io/enforce`."""
+        validators = VALIDATORS.get(request.resource, ()) if request.method == "POST" else ()
         if request.resource == MTJ and request.subresource == "status":
-            validate = _validate_status
-        if validate is not None:
+            validators = (_validate_status,)
+        for validate in validators:
             try:
                 validate(request.data)
             except Exception as error:  # each validator raises its own kind; all are recorded for the teardown
@@ -81,10 +84,17 @@ def _validate_status(patch: dict[str, Any]) -> None:
     MemoryTuningJobStatus.model_validate(patch["status"])
 
 
-VALIDATORS: dict[kmock.resource, Callable[[dict[str, Any]], None]] = {
-    PYTORCHJOBS: validate_pytorchjob,
-    JOBS: validate_builtin,
-    CONFIG_MAPS: validate_builtin,
+def _admit_restricted(workload: dict[str, Any]) -> None:
+    """The Pod Security admission of a "restricted" namespace, plus memtune's read-only root filesystem."""
+    violations = restricted_violations(workload)
+    assert violations == [], violations
+
+
+Validator = Callable[[dict[str, Any]], None]
+VALIDATORS: dict[kmock.resource, tuple[Validator, ...]] = {
+    PYTORCHJOBS: (validate_pytorchjob, _admit_restricted),
+    JOBS: (validate_builtin, _admit_restricted),
+    CONFIG_MAPS: (validate_builtin,),
 }
 
 

@@ -4,8 +4,9 @@ schemas a real cluster applies (Kubeflow's PyTorchJob CRD + webhook rules, Kuber
 from __future__ import annotations
 
 import pytest
-from mtj_cluster import CONFIG_MAPS, JOBS, PYTORCHJOBS, Cluster, OperatorProcess, until
-from mtj_schemas import validate_builtin, validate_pytorchjob
+
+from .mtj_cluster import CONFIG_MAPS, JOBS, PYTORCHJOBS, Cluster, OperatorProcess, until
+from .mtj_schemas import validate_builtin, validate_pytorchjob
 
 pytestmark = pytest.mark.asyncio
 
@@ -56,7 +57,8 @@ async def test_pytorchjob_shape(
         assert container["image"] == "registry.local/memtune-trainer:test"
         assert container["command"] == ["python", "-m", "memtune.trainer", "--spec", "/etc/memtune/job.yaml"]
         assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-        assert all("value" not in env or env["name"].startswith("MEMTUNE_") for env in container["env"])
+        literal = {env["name"] for env in container["env"] if "value" in env}  # the user's HF_TOKEN: valueFrom
+        assert literal == {"MEMTUNE_JOB_NAME", "MEMTUNE_ATTEMPT", "MEMTUNE_SCRATCH", "HOME", "TMPDIR"}
         limits = container["resources"].get("limits", {})
         assert limits.get("nvidia.com/gpu") == (gpus or None)
         assert container["resources"]["requests"] == {"memory": "32Gi"}

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from mtj_cluster import MTJ, NAMESPACE, PODS, Cluster
 from typer.testing import CliRunner
 
 from memtune.cluster import ClusterClient, ClusterError, KubernetesBackend, register_commands
 from memtune.operator.status import conditions_for
 from memtune.spec import SpecError, parse_job
+
+from .mtj_cluster import MTJ, NAMESPACE, PODS, Cluster
 
 pytestmark = pytest.mark.asyncio
 

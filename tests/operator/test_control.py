@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mtj_cluster import MTJ, PYTORCHJOBS, Cluster, OperatorProcess, until
+
+from .mtj_cluster import MTJ, PYTORCHJOBS, Cluster, OperatorProcess, until
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,10 +6,12 @@ import json
 
 import pytest
 import yaml
-from mtj_cluster import CONFIG_MAPS, PYTORCHJOBS, Cluster, OperatorProcess, until
-from mtj_schemas import validate_builtin, validate_pytorchjob
 
 from memtune.spec import parse_job
+from tests.chart import kstatus
+
+from .mtj_cluster import CONFIG_MAPS, MTJ, PYTORCHJOBS, Cluster, OperatorProcess, until
+from .mtj_schemas import validate_builtin, validate_pytorchjob
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,6 +37,13 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     assert parse_job(yaml.safe_load(config_map["data"]["job.yaml"])).spec.output.uri == "s3://runs/nba"
     await until(lambda: cluster.status("nba").get("phase") == "Queued")
 
+    starting = {"waiting": {"reason": "ContainerCreating"}}
+    cluster.add_pod("nba-0", 0, "master", {"phase": "Pending", "containerStatuses": [{"state": starting}]})
+    status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Pending" and s)
+    pending = _condition(status, "Pending")
+    assert (pending["status"], pending["reason"]) == ("True", "PodsStarting")
+    assert pending["message"] == "nba-0: pod nba-0-master-0 is Pending (ContainerCreating)"
+    assert _condition(status, "Queued")["status"] == "False"
     cluster.set_child_status(PYTORCHJOBS, "nba-0", RUNNING)
     cluster.add_pod("nba-0", 0, "master", {"phase": "Running"})
     cluster.serve_log('step 39\nMEMTUNE_PROGRESS {"step": 40, "max_steps": 100, "loss": 0.5}\nMEMTUNE_PROGRESS {"st')
@@ -50,6 +59,8 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     assert status["artifactsUri"] == "s3://runs/nba/runs/r1"
     assert _condition(status, "Ready")["status"] == "True"
     assert _condition(status, "Running")["status"] == "False"
+    assert _condition(status, "Stalled")["status"] == "False"
+    assert kstatus.compute(cluster.get(MTJ, "nba")) == ("Current", "Resource is Ready")
     assert status["completionTime"]
     reasons = [event["reason"] for event in cluster.events()]
     assert reasons == ["Created", "Running", "Succeeded"]
@@ -86,6 +97,11 @@ async def test_retryable_failures_are_retried_up_to_backoff_limit(cluster: Clust
     assert _condition(status, "Ready") | {"lastTransitionTime": None} == failed | {
         "type": "Ready", "status": "False", "lastTransitionTime": None
     }  # fmt: skip
+    # Flux reads Stalled=True as Failed at once, instead of waiting out its timeout on Ready=False.
+    assert _condition(status, "Stalled") | {"lastTransitionTime": None} == failed | {
+        "type": "Stalled", "lastTransitionTime": None
+    }  # fmt: skip
+    assert kstatus.compute(cluster.get(MTJ, "nba")) == ("Failed", failed["message"])
     assert cluster.names(PYTORCHJOBS) == ["nba-0", "nba-1"]
     warnings = [event for event in cluster.events() if event["type"] == "Warning"]
     assert [event["reason"] for event in warnings] == ["OOMKilled", "OOMKilled"]

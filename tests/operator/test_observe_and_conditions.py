@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from memtune.operator.observe import diagnose, final_result, last_progress
+from memtune.operator.observe import diagnose, final_result, last_progress, pending_pod
 from memtune.operator.status import conditions_for
+from tests.chart import kstatus
 
 
 def _by_type(conditions: list[dict]) -> dict[str, dict]:
@@ -32,6 +33,22 @@ def test_ready_is_true_only_once_succeeded() -> None:
     assert failed["Ready"]["status"] == "False" and failed["Ready"]["reason"] == "OOMKilled"
 
 
+def test_stalled_follows_failed_and_makes_kstatus_report_failure() -> None:
+    running = conditions_for(None, "Running", "Training", "step 5", 1, "t1")
+    assert _by_type(running)["Stalled"] | {"lastTransitionTime": None} == {
+        "type": "Stalled", "status": "False", "reason": "NotStalled", "message": "",
+        "lastTransitionTime": None, "observedGeneration": 1,
+    }  # fmt: skip
+    failed = _by_type(conditions_for(running, "Failed", "TrainerError", "pod m-0 exited with code 1", 1, "t2"))
+    assert failed["Stalled"] == failed["Failed"] | {"type": "Stalled"}
+    assert failed["Stalled"]["lastTransitionTime"] == "t2"
+    job = {"kind": "MemoryTuningJob", "metadata": {"generation": 1}}
+    status = {"observedGeneration": 1, "conditions": list(failed.values())}
+    assert kstatus.compute({**job, "status": status}) == ("Failed", "pod m-0 exited with code 1")
+    status["conditions"] = running
+    assert kstatus.compute({**job, "status": status})[0] == "InProgress"
+
+
 def _pod(name: str, state: dict) -> dict:
     return {"metadata": {"name": name}, "status": {"containerStatuses": [{"name": "pytorch", "state": state}]}}
 
@@ -57,3 +74,23 @@ def test_final_result_ignores_non_json_messages() -> None:
         "artifactsUri": "s3://r"
     }
     assert final_result(_pod("m", {"terminated": {"exitCode": 0, "message": "done"}})) == {}
+
+
+def test_pending_pod_says_why_it_waits() -> None:
+    unschedulable = {
+        "metadata": {"name": "w-1"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes: no GPU"}
+            ],
+        },
+    }
+    creating = _pod("m-0", {"waiting": {"reason": "ContainerCreating"}})
+    creating["status"]["phase"] = "Pending"
+    running = _pod("m-0", {"running": {}})
+    running["status"]["phase"] = "Running"
+    assert pending_pod([running, unschedulable]) == "pod w-1 is Pending (Unschedulable: 0/4 nodes: no GPU)"
+    assert pending_pod([creating]) == "pod m-0 is Pending (ContainerCreating)"
+    assert pending_pod([{"metadata": {"name": "m-0"}, "status": {"phase": "Pending"}}]) == "pod m-0 is Pending"
+    assert pending_pod([running]) is None

@@ -1,0 +1,1 @@
+"""Operator tests: the real kopf operator against an emulated API server (see conftest.py)."""

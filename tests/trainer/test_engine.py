@@ -1,0 +1,91 @@
+"""Behaviour with the real default model: recall, locality, reuse, and refusal of damaged artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from memtune.manifest import IntegrityError
+from tests.trainer.conftest import UNRELATED
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_reaches_full_recall(trained) -> None:
+    _, summary = trained
+    assert not summary.reused
+    assert summary.recall == 1.0
+    assert summary.final_loss < 0.05
+    assert (Path(summary.run_dir) / "manifest.json").is_file()
+
+
+def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
+    from memtune.trainer.inference import load_generator
+
+    job, _ = trained
+    generator = load_generator(job.spec.output.uri)  # the job output resolves to its latest committed run
+    answers = generator.generate([f["input"] for f in facts] + [f["paraphrase"] for f in facts], max_new_tokens=16)
+    expected = [f["output"] for f in facts] * 2
+    assert [a.output for a in answers] == expected
+    assert all(a.route is not None and not a.route["gated"] for a in answers)
+
+
+def test_unrelated_prompts_keep_base_answers(trained) -> None:
+    from memtune.trainer.inference import load_generator
+
+    _, summary = trained
+    tuned = load_generator(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
+    plain = load_generator("smollm2-135m-instruct").generate(UNRELATED, max_new_tokens=24)
+    assert [a.output for a in tuned] == [a.output for a in plain]
+    assert all(a.route is not None and a.route["gated"] for a in tuned)
+
+
+def test_same_job_reuses_the_run(trained) -> None:
+    from memtune.trainer.job import run_job
+
+    job, summary = trained
+    again = run_job(job, show_progress=False)
+    assert again.reused and again.run_dir == summary.run_dir and again.recall == summary.recall
+
+
+@pytest.mark.parametrize(
+    "victim", ["index.faiss", "keys.safetensors", "memtune.json", "experts/experts-00000-of-00001.safetensors"]
+)
+def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str) -> None:
+    from memtune.trainer.inference import load_generator
+
+    _, summary = trained
+    copy = tmp_path / "run"
+    shutil.copytree(summary.run_dir, copy)
+    data = bytearray((copy / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / victim).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=victim.split("/")[-1]):
+        load_generator(str(copy))
+
+
+def test_run_of_another_base_model_is_refused(trained) -> None:
+    from memtune.trainer.artifacts import load_memory, read_run
+
+    _, summary = trained
+    with pytest.raises(IntegrityError, match="trained on base model"):
+        load_memory(read_run(summary.run_dir), "0" * 64)
+
+
+def test_uncommitted_output_is_refused(tmp_path: Path) -> None:
+    from memtune.trainer.inference import load_generator
+
+    (tmp_path / "runs" / "20260101-000000-deadbeef").mkdir(parents=True)
+    with pytest.raises(IntegrityError, match="no committed run"):
+        load_generator(str(tmp_path))
+
+
+def test_run_records_effective_index_and_gate(trained) -> None:
+    _, summary = trained
+    meta = json.loads((Path(summary.run_dir) / "memtune.json").read_text())
+    assert meta["index"]["effective"] == "IndexFlatL2"
+    assert 0 < meta["gate"]["threshold"] < meta["gate"]["far_min"]
+    assert meta["experts"]["count"] == 6

@@ -1,0 +1,101 @@
+"""Model-free units: sparse optimizers, routing/gating, expert hooks, expert sharing."""
+
+from __future__ import annotations
+
+import faiss
+import pytest
+import torch
+from torch import nn
+
+from memtune.trainer.bank import assign_experts
+from memtune.trainer.experts import ExpertHooks, Route, init_experts
+from memtune.trainer.optim import make_optimizer
+from memtune.trainer.router import Router
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adafactor"])
+def test_optimizer_touches_only_routed_rows(kind: str) -> None:
+    params = {"A": torch.randn(5, 2, 4, 3)}
+    before = params["A"].clone()
+    optimizer = make_optimizer(kind, params, lr=0.1)
+    rows = torch.tensor([1, 3])
+    target = torch.zeros(2, 2, 4, 3)
+    for _ in range(20):
+        leaf = params["A"][rows].clone().requires_grad_()
+        ((leaf - target) ** 2).sum().backward()
+        optimizer.step(rows, {"A": leaf.grad})
+    untouched = torch.tensor([0, 2, 4])
+    assert torch.equal(params["A"][untouched], before[untouched])
+    assert params["A"][rows].abs().mean() < before[rows].abs().mean() / 2  # it does descend
+    assert optimizer.steps.tolist() == [0, 20, 0, 20, 0]
+    for state in optimizer.state["A"].values():
+        assert not state[untouched].any()  # no state for experts never routed to
+
+
+def _router(threshold: float | None, k: int = 2) -> Router:
+    keys = nn.functional.normalize(torch.eye(4, 8) + 0.01, dim=-1)  # (4, 8)
+    index = faiss.IndexFlatL2(8)
+    index.add(keys.numpy())
+    return Router(keys, torch.tensor([0, 1, 2, 2]), index, k=k, threshold=threshold, temperature=0.02)
+
+
+def test_router_gates_far_keys_and_weights_the_nearest() -> None:
+    router = _router(threshold=0.1)
+    near = nn.functional.normalize(
+        router.keys[1] + 0.05 * torch.randn(8, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    far = nn.functional.normalize(torch.ones(8), dim=0)
+    routing = router(torch.stack([near, far]))
+    assert routing.route.experts[0, 0] == 1 and routing.route.weights[0, 0] > 0.99
+    assert routing.gated.tolist() == [False, True]
+    assert torch.equal(routing.route.weights[1], torch.zeros(2))
+    assert router(torch.stack([far])).describe(0)["gated"] is True
+    assert not _router(threshold=None)(torch.stack([far])).gated.any()  # gate "always": never gated
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Linear(6, 6)
+
+
+class _Tiny(nn.Module):
+    """The shape ExpertHooks expects: model.model.layers[i].mlp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.model.layers:
+            x = layer.mlp(x)
+        return x
+
+
+def test_hooks_change_routed_rows_only_and_only_where_asked() -> None:
+    model = _Tiny()
+    params = init_experts(3, 2, 6, 2, torch.Generator().manual_seed(0))
+    params["B"].normal_()
+    hooks = ExpertHooks(model, [0, 1])
+    x = torch.randn(2, 4, 6)  # (B, T, d)
+    plain = model(x)
+    route = Route(torch.tensor([[2, 0], [1, 0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # row 1 gated
+    with hooks.active(params["A"], params["B"], route, last_only=True):
+        last = model(x)
+    with hooks.active(params["A"], params["B"], route, last_only=False):
+        every = model(x)
+    assert torch.equal(last[1], plain[1]) and torch.equal(every[1], plain[1])  # gated row: bit-for-bit base
+    assert not torch.allclose(every[0], plain[0])
+    # last_only: the first layer changes only the last position, which the second layer keeps local.
+    assert torch.equal(last[0, :-1], plain[0, :-1]) and not torch.allclose(last[0, -1], plain[0, -1])
+    hooks.remove()
+    assert torch.equal(model(x), plain)
+
+
+def test_experts_are_shared_above_the_cap() -> None:
+    keys = nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.equal(assign_experts(keys, 100, seed=0), torch.arange(50))
+    shared = assign_experts(keys, 10, seed=0)
+    assert shared.shape == (50,) and int(shared.max()) < 10
+    assert set(shared.tolist()) == set(range(int(shared.max()) + 1))  # no unused expert ids
