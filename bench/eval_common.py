@@ -68,17 +68,21 @@ def ladder_report(
 ) -> dict[str, list[MethodScore]]:
     """Run the ladder, print the tables, write bench/results/eval-<name>/."""
     started = time.monotonic()
-    sections = run_ladder(ladder, sets, locality)
     settings = {
         **settings,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
-        "ladder wall time": f"{time.monotonic() - started:.0f} s",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only, shared with other jobs",
         "decoding": f"greedy, at most {ladder.max_new_tokens} new tokens, stop at end-of-turn",
         "prompt rung": f"first {ladder.few_shot} training pairs after the system text",
         "rag rung": f"top {ladder.rag_k} training pairs by cosine similarity (all-MiniLM-L6-v2 if installed)",
         "lora rung": ladder.lora,
     }
-    path = write_report(RESULTS / f"eval-{name}", title, sections, settings, notes)
+
+    def report(sections: dict[str, list[MethodScore]]) -> Path:
+        timed = {**settings, "ladder wall time": f"{time.monotonic() - started:.0f} s"}
+        return write_report(RESULTS / f"eval-{name}", title, sections, timed, notes)
+
+    sections = run_ladder(ladder, sets, locality, on_method=report)  # a partial report after each rung
+    path = report(sections)
     for set_name, scores in sections.items():
         print(f"\n## {set_name}\n\n{markdown_table(scores)}")
     print(f"\nreport: {path}")

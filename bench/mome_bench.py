@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "memtune-bench",
+        help="job output (large, not a result)",
+    )
     options = parser.parse_args()
     out = options.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,11 @@ def main() -> None:
     job = parse_job(
         {
             "metadata": {"name": "bench"},
-            "spec": {"dataset": {"uri": str(data)}, "finetuneArgs": RECIPE, "output": {"uri": str(out / "output")}},
+            "spec": {
+                "dataset": {"uri": str(data)},
+                "finetuneArgs": RECIPE,
+                "output": {"uri": str(options.work / out.name)},
+            },
         }
     )
     summary = run_job(job, use_cached_model=False, show_progress=True)

@@ -159,7 +159,11 @@ class MemoryConfig(_Strict):
         None, gt=0, description="Gate distance (squared L2 of normalised keys); default: calibrated from the data."
     )
     temperature: float = Field(
-        0.02, gt=0, le=10, description="Softmax temperature of the top-k mixing weights over key distances."
+        0.002,
+        gt=0,
+        le=10,
+        description="Softmax temperature of the top-k mixing weights over key distances; small keeps distinct facts' "
+        "experts from interfering, large blends shared experts.",
     )
     stopLoss: float = Field(
         0.02,

@@ -165,8 +165,12 @@ def run_ladder(
     ladder: Ladder,
     sets: Mapping[str, Sequence[Example]],
     locality_prompts: Sequence[str] = (),
+    on_method: Callable[[dict[str, list[MethodScore]]], None] | None = None,
 ) -> dict[str, list[MethodScore]]:
-    """Every method on every named set; returns the scores per set, methods in ladder order."""
+    """Every method on every named set; returns the scores per set, methods in ladder order.
+
+    `on_method` sees the scores so far after each method (long CPU runs write a partial report with it).
+    """
     problems = ladder.problems() + [f"--data: evaluation set {name!r} is empty" for name, s in sets.items() if not s]
     if problems:
         raise LadderError("cannot run the ladder:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -194,4 +198,6 @@ def run_ladder(
                                              loss_curve=rung.loss_curve, seconds=time.monotonic() - started))
         del rung
         gc.collect()  # one model in memory at a time
+        if on_method is not None and method in ladder.methods:
+            on_method(results)
     return results

@@ -1,7 +1,8 @@
 """SQL execution accuracy: run the predicted and the gold query on SQLite and compare what they return.
 
 Rules (those of the text-to-SQL notebook, without its LLM judge):
-- the database is opened read-only, one statement per query;
+- the database is opened read-only and only reads are authorised (no ATTACH, PRAGMA or writes), one statement
+  per query;
 - results are compared as multisets of rows (duplicates count), and in order only when the gold query has an
   ORDER BY — then the order is part of the answer ("top 5 by salary");
 - columns are compared positionally; floats are rounded to 6 decimals so `AVG()` computed two ways still agrees;
@@ -53,11 +54,24 @@ def extract_sql(answer: str) -> str:
     return (fenced.group(1) if fenced else answer).strip()
 
 
+# Model output is untrusted: beyond the read-only file, only reading is authorised (no ATTACH, PRAGMA, writes).
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+
+
+def _authorise(action: int, *details: str | None) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
 def connect_read_only(db_path: str | Path) -> sqlite3.Connection:
+    """Open the database read-only, with an authoriser that refuses anything but reading."""
     path = Path(db_path)
     if not path.is_file():
         raise FileNotFoundError(f"SQLite database not found: {path}")
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    connection.set_authorizer(_authorise)
+    return connection
 
 
 def run_query(

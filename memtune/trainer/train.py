@@ -127,9 +127,15 @@ def train_experts(
         for chunk in _micro_batches(list(range(len(ids))), batch_size):
             chunk_ids = [ids[i] for i in chunk]
             batch_losses, _ = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,)
-            (batch_losses.sum() / len(ids)).backward()
+            # Questions already below stopLoss add no gradient: pushing them further only overshoots.
+            unlearned = (batch_losses.detach() >= stop_loss).to(batch_losses.dtype)  # (b,)
+            ((batch_losses * unlearned).sum() / len(ids)).backward()
             losses[chunk_ids] = batch_losses.detach()
-        optimizer.step(rows, {name: leaf.grad for name, leaf in leaves.items()})
+        grads = {name: leaf.grad for name, leaf in leaves.items()}  # (R, ...)
+        # Experts that only served learned questions got no gradient; stepping them would still move Adam's momentum.
+        touched = torch.stack([g.flatten(1).abs().amax(1) for g in grads.values()]).amax(0) > 0  # (R,)
+        if touched.any():
+            optimizer.step(rows[touched], {name: g[touched] for name, g in grads.items()})
         step += 1
         stay[ids] += 1
         active = [i for i in ids if losses[i] >= stop_loss and stay[i] < MAX_STAY]

@@ -67,7 +67,9 @@ def test_floats_agree_after_rounding(db):
         ("SELEC name FROM roster", "syntax error"),
         ("SELECT height FROM roster", "no such column"),
         ("SELECT name FROM roster; SELECT age FROM roster", "one statement"),
-        ("DELETE FROM roster", "readonly"),
+        ("DELETE FROM roster", "not authorized"),
+        ("ATTACH DATABASE 'other.db' AS other", "not authorized"),
+        ("PRAGMA table_info(roster)", "not authorized"),
         ("  ", "empty query"),  # an empty answer runs nothing: invalid, not an empty result
     ],
 )
