@@ -28,16 +28,17 @@ SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 
 
-def arguments(description: str, default_lora_steps: int | None = None) -> argparse.Namespace:
+def arguments(description: str, max_new_tokens: int = 64) -> argparse.Namespace:
+    """Common options; `max_new_tokens` must cover the longest expected answer (then end-of-turn)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--baselines", default=",".join(METHODS), help="comma-separated rungs (default: all)")
     parser.add_argument(
         "--lora-steps",
         type=int,
-        default=default_lora_steps,
+        default=None,
         help="LoRA steps (default: the MoME job's max_steps, i.e. equal steps)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--fresh", action="store_true", help="retrain the MoME job even if a cached run matches")
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.baselines.split(",") if m.strip()]

@@ -72,7 +72,7 @@ def _own(pairs: list[tuple[str, str]]) -> list[Example]:
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], max_new_tokens=128)  # the longest training query has 112 tokens
     job = resolve_local_paths(load_job_file(ROOT / "examples" / "nba-sql-job.yaml"), ROOT / "examples")
     summary = train_mome(job, args.fresh) if "mome" in args.methods else {}
     train = load_examples(job.spec.dataset)

@@ -117,7 +117,7 @@ def locality_token_agreement(base_model: str, run: str, prompts: list[str], answ
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], max_new_tokens=24)  # targets have at most 9 tokens
     if args.baselines == "base,prompt,rag,lora,mome":
         args.methods = ["base", "mome"]  # the published tables compare editors, not prompting
     records = [json.loads(line) for line in ZSRE.read_text(encoding="utf-8").splitlines() if line.strip()]

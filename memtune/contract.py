@@ -18,6 +18,10 @@ TRAINER_COMMAND = ["python", "-m", "memtune.trainer", "--spec", SPEC_PATH]
 ENV_JOB_NAME = "MEMTUNE_JOB_NAME"
 ENV_ATTEMPT = "MEMTUNE_ATTEMPT"
 
+# Writable scratch of a trainer pod (an emptyDir under a read-only root): downloads and the run folder before upload.
+ENV_SCRATCH = "MEMTUNE_SCRATCH"
+SCRATCH_DIR = "/scratch"
+
 # Operator settings (environment of the operator's own pod).
 ENV_TRAINER_IMAGE = "MEMTUNE_TRAINER_IMAGE"
 ENV_STORAGE_SECRET = "MEMTUNE_STORAGE_SECRET"  # noqa: S105 - the name of a variable, not a secret

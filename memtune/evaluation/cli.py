@@ -81,8 +81,12 @@ def evaluate(
     ],
     job_file: Annotated[
         Path | None,
-        typer.Option("--job", help="Manifest: base model, training data, LoRA steps, and the MoME model (its output).",
-                     exists=True, dir_okay=False),
+        typer.Option(
+            "--job",
+            help="Manifest: base model, training data, LoRA steps, and the MoME model (its output).",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Tuned MoME model: job output or run folder (overrides --job).")
@@ -171,8 +175,13 @@ def sweep(
 
         job = _load_job(job_file)
         assert job is not None  # job_file is a required argument
-        trials = run_sweep(job, parse_rates(rates), steps or min(job.spec.finetuneArgs.max_steps, 100),
-                           max_examples, report_dir / "runs")
+        trials = run_sweep(
+            job,
+            parse_rates(rates),
+            steps or min(job.spec.finetuneArgs.max_steps, 100),
+            max_examples,
+            report_dir / "runs",
+        )
         path = write_sweep_report(trials, report_dir, job.metadata.name)
     except _USER_ERRORS as error:
         raise _fail(error) from None

@@ -38,8 +38,7 @@ Answerer = Callable[[Sequence[str]], list[str]]
 class TokenPredictor(Protocol):
     """Anything that can be teacher-forced: per item, (argmax tokens, gold answer tokens)."""
 
-    def predict_tokens(self, questions: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        ...
+    def predict_tokens(self, questions: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], list[int]]]: ...
 
 
 class LadderError(ValueError):
@@ -66,8 +65,11 @@ class Ladder:
     """Also report teacher-forced token accuracy (the knowledge-editing papers' metric)."""
 
     def problems(self) -> list[str]:
-        found = [f"--baselines: unknown method {m!r} (choose from {', '.join(METHODS)})"
-                 for m in self.methods if m not in METHODS]
+        found = [
+            f"--baselines: unknown method {m!r} (choose from {', '.join(METHODS)})"
+            for m in self.methods
+            if m not in METHODS
+        ]
         if not self.methods:
             found.append("--baselines: name at least one method")
         needs_train = [m for m in ("prompt", "rag", "lora") if m in self.methods]
@@ -135,22 +137,25 @@ def _load_rung(method: str, ladder: Ladder) -> _Rung:
     base = load_base_model(ladder.base_model)
 
     def greedy(questions: Sequence[str]) -> list[str]:
-        return causal.greedy_answers(base.model, base.tokenizer, questions,
-                                     max_new_tokens=ladder.max_new_tokens, batch_size=ladder.batch_size)
+        return causal.greedy_answers(
+            base.model, base.tokenizer, questions, max_new_tokens=ladder.max_new_tokens, batch_size=ladder.batch_size
+        )
 
     predictor = _CausalPredictor(base.model, base.tokenizer)
     if method == "base":
         return _Rung(greedy, _bare, predictor)
     if method == "prompt":
-        return _Rung(greedy, lambda q: prompts.few_shot_questions(q, ladder.train, ladder.system, ladder.few_shot),
-                     predictor)
+        return _Rung(
+            greedy, lambda q: prompts.few_shot_questions(q, ladder.train, ladder.system, ladder.few_shot), predictor
+        )
     from memtune.evaluation.retrieval import HiddenStateEmbedder, Retriever, load_minilm, minilm_available
 
     embedder = load_minilm() if minilm_available() else HiddenStateEmbedder("base-model", base.model, base.tokenizer)
     log.info("rag: embeddings from %s", embedder.name)
     retriever = Retriever(ladder.train, embedder)
-    return _Rung(greedy, lambda q: prompts.retrieved_questions(q, retriever.nearest(q, ladder.rag_k), ladder.system),
-                 predictor)
+    return _Rung(
+        greedy, lambda q: prompts.retrieved_questions(q, retriever.nearest(q, ladder.rag_k), ladder.system), predictor
+    )
 
 
 def _teacher_forced(rung: _Rung, examples: Sequence[Example]) -> float | None:
@@ -194,8 +199,16 @@ def run_ladder(
             answers = rung.answer(rung.frame([e.input for e in examples]))
             tf = _teacher_forced(rung, examples) if ladder.teacher_forced else None
             items = score_answers(examples, answers, ladder.db)
-            results[name].append(MethodScore(method, items, locality=locality, token_accuracy=tf,
-                                             loss_curve=rung.loss_curve, seconds=time.monotonic() - started))
+            results[name].append(
+                MethodScore(
+                    method,
+                    items,
+                    locality=locality,
+                    token_accuracy=tf,
+                    loss_curve=rung.loss_curve,
+                    seconds=time.monotonic() - started,
+                )
+            )
         del rung
         gc.collect()  # one model in memory at a time
         if on_method is not None and method in ladder.methods:

@@ -36,17 +36,13 @@ def framed_question(question: str, system: str, examples: Sequence[Example]) -> 
     return "\n\n".join(parts)
 
 
-def few_shot_questions(
-    questions: Sequence[str], train: Sequence[Example], system: str, few_shot: int
-) -> list[str]:
+def few_shot_questions(questions: Sequence[str], train: Sequence[Example], system: str, few_shot: int) -> list[str]:
     """The `prompt` rung: the same first `few_shot` training pairs in front of every question."""
     shots = list(train[:few_shot])
     return [framed_question(question, system, shots) for question in questions]
 
 
-def retrieved_questions(
-    questions: Sequence[str], neighbours: Sequence[Sequence[Example]], system: str
-) -> list[str]:
+def retrieved_questions(questions: Sequence[str], neighbours: Sequence[Sequence[Example]], system: str) -> list[str]:
     """The `rag` rung: each question with its own retrieved pairs, nearest last (closest to the question)."""
     if len(questions) != len(neighbours):
         raise ValueError(f"{len(neighbours)} retrieval results for {len(questions)} questions")

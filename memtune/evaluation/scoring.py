@@ -115,4 +115,3 @@ def score_answers(examples: Sequence[Example], answers: Sequence[str], db: str |
                 )
             )
     return scores
-

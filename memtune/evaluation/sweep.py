@@ -90,8 +90,15 @@ def run_sweep(
     for rate in rates:
         summary = run_job(trial_job(job, rate, steps, max_examples, out_dir), show_progress=False)
         trials.append(
-            Trial(rate, summary.final_loss, summary.recall, summary.steps, summary.seconds,
-                  read_loss_curve(summary.run_dir), str(summary.run_dir))
+            Trial(
+                rate,
+                summary.final_loss,
+                summary.recall,
+                summary.steps,
+                summary.seconds,
+                read_loss_curve(summary.run_dir),
+                str(summary.run_dir),
+            )
         )
     return trials
 
@@ -100,10 +107,17 @@ def write_sweep_report(trials: Sequence[Trial], report_dir: Path, job_name: str)
     """report.md (table + best rate), loss.png (one curve per rate) and trials.json."""
     report_dir.mkdir(parents=True, exist_ok=True)
     best = best_trial(trials)
-    plot_losses({f"lr {t.learning_rate:g}": t.curve for t in trials if t.curve}, report_dir / "loss.png",
-                title=f"{job_name}: loss per learning rate")
-    lines = [f"# Learning-rate sweep: {job_name}", "", "| Learning rate | Final loss | Recall | Steps | Seconds |",
-             "|---|---|---|---|---|"]
+    plot_losses(
+        {f"lr {t.learning_rate:g}": t.curve for t in trials if t.curve},
+        report_dir / "loss.png",
+        title=f"{job_name}: loss per learning rate",
+    )
+    lines = [
+        f"# Learning-rate sweep: {job_name}",
+        "",
+        "| Learning rate | Final loss | Recall | Steps | Seconds |",
+        "|---|---|---|---|---|",
+    ]
     for t in trials:
         recall = "–" if t.recall is None else f"{100 * t.recall:.1f}%"
         mark = " **best**" if t is best else ""

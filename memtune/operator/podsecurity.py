@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from memtune import contract
+
 Manifest = dict[str, Any]
 
 # The trainer image's user (Dockerfile); forced here so an image without a USER line still runs unprivileged.
 TRAINER_UID = 65532
-SCRATCH_ENV = "MEMTUNE_SCRATCH"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class WritableDir:
 
 
 TMP = WritableDir("memtune-tmp", "/tmp")  # noqa: S108 - mount points of emptyDirs, not files opened here
-SCRATCH = WritableDir("memtune-scratch", "/scratch")
+SCRATCH = WritableDir("memtune-scratch", contract.SCRATCH_DIR)
 SHM = WritableDir("memtune-shm", "/dev/shm", medium="Memory")  # noqa: S108
 
 
@@ -48,7 +49,7 @@ def writable_env() -> list[Manifest]:
     return [
         {"name": "HOME", "value": TMP.path},
         {"name": "TMPDIR", "value": TMP.path},
-        {"name": SCRATCH_ENV, "value": SCRATCH.path},
+        {"name": contract.ENV_SCRATCH, "value": SCRATCH.path},
     ]
 
 

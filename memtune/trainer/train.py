@@ -6,6 +6,10 @@ consecutive steps, so each expert is trained to convergence in a run of consecut
 epoch, and one stubborn question cannot hold its place forever. When every question has passed through,
 a no-grad check re-admits any whose loss rose (shared experts can disturb each other); training stops when all are
 below `stopLoss` or after `max_steps`. Only the experts routed to by a step's examples get gradients and state.
+
+With several ranks (see distributed.py) a step is the same step: each rank computes the facts of the working set it
+owns, gradients and losses are summed across ranks, and every rank applies the same update. `TrainState` is all
+the schedule keeps between steps, so a checkpoint of it plus the bank and the optimizer resumes a run exactly.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import torch
 from torch import nn
 
 from memtune.spec import FinetuneArgs
+from memtune.trainer.distributed import SINGLE, RankGroup
 from memtune.trainer.encode import Encoded
 from memtune.trainer.experts import ExpertHooks, Route
-from memtune.trainer.optim import make_optimizer
+from memtune.trainer.optim import SparseOptimizer, make_optimizer
 from memtune.trainer.region import collate, region_loss
 
 log = logging.getLogger(__name__)
@@ -56,12 +61,33 @@ class TrainResult:
 
 
 @dataclass
+class TrainState:
+    """Where the schedule stands after `step` updates: exactly what a resumed run needs besides bank and optimizer."""
+
+    step: int
+    pending: deque[int]
+    """Questions waiting to join the working set, in order."""
+    active: list[int]
+    """The working set."""
+    stay: torch.Tensor
+    """(N,) int64 consecutive steps each question has spent in the working set."""
+    losses: torch.Tensor
+    """(N,) latest answer loss of each question (inf before its first step)."""
+    curve: list[StepReport] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, count: int) -> TrainState:
+        return cls(0, deque(range(count)), [], torch.zeros(count, dtype=torch.long), torch.full((count,), math.inf))
+
+
+@dataclass
 class TrainSetup:
     model: nn.Module
     hooks: ExpertHooks
     first_layer: int
     """Lowest expert layer: region states enter here."""
-    examples: Sequence[Encoded]
+    examples: Sequence[Encoded | None]
+    """Indexed by question; only the entries this rank owns are needed (others may be None)."""
     routes: Route
     """(N, k) experts and weights of each example, as generation will route its question."""
     params: dict[str, torch.Tensor]
@@ -82,13 +108,15 @@ def _losses(
 
 
 @torch.no_grad()
-def evaluate(setup: TrainSetup, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) answer loss and (N,) exactness of every example under the current bank."""
-    ids = list(range(len(setup.examples)))
-    results = [
-        _losses(setup, chunk, setup.params, setup.routes.experts[chunk]) for chunk in _micro_batches(ids, batch_size)
-    ]
-    return torch.cat([loss for loss, _ in results]), torch.cat([exact for _, exact in results])
+def evaluate(setup: TrainSetup, batch_size: int, group: RankGroup = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) answer loss and (N,) exactness of every example under the current bank, on every rank."""
+    count = len(setup.examples)
+    mine = group.owned(list(range(count)))
+    loss, exact = torch.zeros(count), torch.zeros(count)  # (N,), (N,): each rank fills the questions it owns
+    for chunk in _micro_batches(mine, batch_size):
+        chunk_loss, chunk_exact = _losses(setup, chunk, setup.params, setup.routes.experts[chunk])
+        loss[chunk], exact[chunk] = chunk_loss, chunk_exact.to(exact.dtype)
+    return group.sum_(loss), group.sum_(exact) > 0.5
 
 
 def train_experts(
@@ -97,54 +125,64 @@ def train_experts(
     batch_size: int,
     stop_loss: float,
     on_step: Callable[[StepReport], None] | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
+    on_checkpoint: Callable[[TrainState, SparseOptimizer], None] | None = None,
+    *,
+    group: RankGroup = SINGLE,
+    optimizer: SparseOptimizer | None = None,
+    state: TrainState | None = None,
 ) -> TrainResult:
-    """Run up to `args.max_steps` sparse optimizer updates; see the module docstring for the schedule."""
-    optimizer = make_optimizer(args.optim, setup.params, args.learning_rate)
+    """Run up to `args.max_steps` sparse optimizer updates; see the module docstring for the schedule.
+
+    Pass the `optimizer` and `state` of a checkpoint to resume; `setup.params` must then hold its bank.
+    """
+    optimizer = optimizer or make_optimizer(args.optim, setup.params, args.learning_rate)
     per_step = batch_size * args.gradient_accumulation_steps
     count = len(setup.examples)
-    pending = deque(range(count))
-    active: list[int] = []
-    stay = torch.zeros(count, dtype=torch.long)
-    losses = torch.full((count,), math.inf)
-    curve: list[StepReport] = []
-    started = time.perf_counter()
-    step = 0
-    while step < args.max_steps:
-        while len(active) < per_step and pending:
-            active.append(pending.popleft())
-        if not active:
-            losses, _ = evaluate(setup, per_step)
-            relapsed = (losses >= stop_loss).nonzero()[:, 0].tolist()
+    state = state or TrainState.fresh(count)
+    pending, stay, curve = state.pending, state.stay, state.curve
+    started = time.perf_counter() - (curve[-1].seconds if curve else 0.0)
+    while state.step < args.max_steps:
+        while len(state.active) < per_step and pending:
+            state.active.append(pending.popleft())
+        if not state.active:
+            state.losses, _ = evaluate(setup, per_step, group)
+            relapsed = (state.losses >= stop_loss).nonzero()[:, 0].tolist()
             if not relapsed:
-                log.info("all %d questions below stop loss %.3g after %d steps", count, stop_loss, step)
+                log.info("all %d questions below stop loss %.3g after %d steps", count, stop_loss, state.step)
                 break
             pending.extend(relapsed)
             continue
-        ids = list(active)
+        ids = list(state.active)
         rows, local = torch.unique(setup.routes.experts[ids], return_inverse=True)  # (R,), (S, k)
         leaves = {name: tensor[rows].clone().requires_grad_() for name, tensor in setup.params.items()}  # (R, ...)
-        for chunk in _micro_batches(list(range(len(ids))), batch_size):
+        mine = [position for position, question in enumerate(ids) if group.owns(question)]
+        step_losses = torch.zeros(len(ids))  # (S,): each rank fills the questions it owns
+        for chunk in _micro_batches(mine, batch_size):
             chunk_ids = [ids[i] for i in chunk]
             batch_losses, _ = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,)
             # Questions already below stopLoss add no gradient: pushing them further only overshoots.
             unlearned = (batch_losses.detach() >= stop_loss).to(batch_losses.dtype)  # (b,)
             ((batch_losses * unlearned).sum() / len(ids)).backward()
-            losses[chunk_ids] = batch_losses.detach()
-        grads = {name: leaf.grad for name, leaf in leaves.items()}  # (R, ...)
+            step_losses[chunk] = batch_losses.detach()
+        losses = state.losses
+        losses[ids] = group.sum_(step_losses)
+        grads = {  # (R, ...) summed over ranks; a rank that owned none of the step's questions adds zeros
+            name: group.sum_(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
+            for name, leaf in leaves.items()
+        }
         # Experts that only served learned questions got no gradient; stepping them would still move Adam's momentum.
         touched = torch.stack([g.flatten(1).abs().amax(1) for g in grads.values()]).amax(0) > 0  # (R,)
         if touched.any():
             optimizer.step(rows[touched], {name: g[touched] for name, g in grads.items()})
-        step += 1
+        state.step += 1
         stay[ids] += 1
-        active = [i for i in ids if losses[i] >= stop_loss and stay[i] < MAX_STAY]
+        state.active = [i for i in ids if losses[i] >= stop_loss and stay[i] < MAX_STAY]
         for i in ids:
             if losses[i] >= stop_loss and stay[i] >= MAX_STAY:
                 stay[i] = 0
                 pending.append(i)
         report = StepReport(
-            step=step,
+            step=state.step,
             max_steps=args.max_steps,
             loss=float(losses[ids].mean()),
             learned=int((losses < stop_loss).sum()),
@@ -153,7 +191,7 @@ def train_experts(
         curve.append(report)
         if on_step is not None:
             on_step(report)
-        if on_checkpoint is not None and step % args.save_steps == 0:
-            on_checkpoint(step)
-    final, exact = evaluate(setup, per_step)
-    return TrainResult(steps=step, final_loss=float(final.mean()), losses=final, exact=exact, curve=curve)
+        if on_checkpoint is not None and state.step % args.save_steps == 0:
+            on_checkpoint(state, optimizer)
+    final, exact = evaluate(setup, per_step, group)
+    return TrainResult(steps=state.step, final_loss=float(final.mean()), losses=final, exact=exact, curve=curve)

@@ -3,7 +3,7 @@
 Reusable for any object that carries pods: the chart's Deployment here, and the operator's trainer
 PyTorchJob / Job in the operator tests (pytest puts tests/ on sys.path, since tests/ itself is no package)::
 
-    from chart.pod_security import restricted_violations
+    from tests.chart.pod_security import restricted_violations
 
     assert restricted_violations(pytorchjob) == []
 

@@ -36,19 +36,15 @@ def job(status: dict[str, Any] | None, generation: int = 1, suspend: bool = Fals
     return obj
 
 
-# The kstatus convention for "this will never succeed": proposed to the operator, not written by it today.
-_STALLED = {"type": "Stalled", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": _TIME}
-
-
-def _with_stalled(failed: dict[str, Any]) -> dict[str, Any]:
-    return {**failed, "conditions": [*failed["conditions"], _STALLED]}
-
-
 # name -> (object, Argo CD health status, Flux kstatus status)
 SAMPLES: dict[str, tuple[dict[str, Any], str, str]] = {
     # No status yet: kstatus cannot tell a job that uses Ready from one that never will, so it says Current.
     "new": (job(None), "Progressing", "Current"),
-    "pending": (job(status_for("Pending", "Accepted")), "Progressing", "InProgress"),
+    "pending": (
+        job(status_for("Pending", "PodsStarting", "facts-0: pod facts-0-master-0 is Pending (ContainerCreating)")),
+        "Progressing",
+        "InProgress",
+    ),
     "queued": (job(status_for("Queued", "WaitingForCapacity", "kueue queue team-a")), "Progressing", "InProgress"),
     "running": (
         job(status_for("Running", "Training", "step 10/100", attempt=0, progress={"step": 10, "maxSteps": 100})),
@@ -73,14 +69,9 @@ SAMPLES: dict[str, tuple[dict[str, Any], str, str]] = {
         "Healthy",
         "Current",
     ),
-    # Ready=False alone reads as InProgress to kstatus: Flux waits for its timeout unless Stalled is set too.
+    # The operator sets Stalled=True beside Failed=True, so kstatus reports the failure at once.
     "failed": (
         job(status_for("Failed", "InvalidDataset", "dataset line 3: missing 'output'")),
-        "Degraded",
-        "InProgress",
-    ),
-    "failed-stalled": (
-        job(_with_stalled(status_for("Failed", "BackoffLimitExceeded", "3 attempts failed"))),
         "Degraded",
         "Failed",
     ),

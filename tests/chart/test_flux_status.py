@@ -79,7 +79,6 @@ CEL_EXPECTED = {
     "suspended": "inProgress",
     "succeeded": "current",
     "failed": "failed",
-    "failed-stalled": "failed",
     "stale": "inProgress",
 }
 

@@ -23,11 +23,28 @@ def test_both_commands_are_registered():
 def test_eval_lists_every_problem_before_loading_any_model(tmp_path):
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"input": "q", "output": "a"}) + "\n")
-    result = runner.invoke(app, ["eval", "--data", str(gold), "--report-dir", str(tmp_path / "r"),
-                                 "--baselines", "base,prompt,lora,mome,gpt", "--db", str(tmp_path / "none.db")])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            str(gold),
+            "--report-dir",
+            str(tmp_path / "r"),
+            "--baselines",
+            "base,prompt,lora,mome,gpt",
+            "--db",
+            str(tmp_path / "none.db"),
+        ],
+    )
     assert result.exit_code == 2
-    for words in ("unknown method 'gpt'", "prompt, lora need the training pairs", "mome needs the tuned model",
-                  "lora needs its step count", "--db: no SQLite file"):
+    for words in (
+        "unknown method 'gpt'",
+        "prompt, lora need the training pairs",
+        "mome needs the tuned model",
+        "lora needs its step count",
+        "--db: no SQLite file",
+    ):
         assert words in result.output
     assert not (tmp_path / "r").exists()
 

@@ -8,14 +8,20 @@ from memtune.data import Example
 from memtune.evaluation import ladder as ladder_module
 from memtune.evaluation.ladder import Ladder, LadderError, _Rung, run_ladder
 
-FACTS = [Example("What year was the Brennock Accord signed?", "1847", 1),
-         Example("Where is the Quillmere Institute?", "Port Halvaren", 2)]
+FACTS = [
+    Example("What year was the Brennock Accord signed?", "1847", 1),
+    Example("Where is the Quillmere Institute?", "Port Halvaren", 2),
+]
 UNRELATED = ["What is the capital of France?", "How many legs does a spider have?"]
 # What each stand-in method answers: base knows the world, mome also knows the facts but forgot spiders.
 ANSWERS = {
     "base": {"What is the capital of France?": "Paris", "How many legs does a spider have?": "8"},
-    "mome": {"What is the capital of France?": "Paris", "How many legs does a spider have?": "6",
-             FACTS[0].input: "1847", FACTS[1].input: "Port Halvaren"},
+    "mome": {
+        "What is the capital of France?": "Paris",
+        "How many legs does a spider have?": "6",
+        FACTS[0].input: "1847",
+        FACTS[1].input: "Port Halvaren",
+    },
 }
 
 

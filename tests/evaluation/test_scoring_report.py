@@ -13,8 +13,10 @@ from memtune.evaluation.report import markdown_table, write_report
 from memtune.evaluation.scoring import MethodScore, score_answers
 from memtune.evaluation.sql import GoldQueryError
 
-FACTS = [Example("What year was the Brennock Accord signed?", "1847", 1),
-         Example("Where is the Quillmere Institute?", "Port Halvaren", 2)]
+FACTS = [
+    Example("What year was the Brennock Accord signed?", "1847", 1),
+    Example("Where is the Quillmere Institute?", "Port Halvaren", 2),
+]
 
 
 def test_score_answers_exact_and_f1():
@@ -39,9 +41,11 @@ def db(tmp_path):
 
 
 def test_sql_items_are_scored_by_execution_and_invalid_apart(db):
-    gold = [Example("Who is older than 30?", "SELECT name FROM t WHERE age > 30", 1),
-            Example("How many?", "SELECT count(*) FROM t", 2),
-            Example("Names?", "SELECT name FROM t", 3)]
+    gold = [
+        Example("Who is older than 30?", "SELECT name FROM t WHERE age > 30", 1),
+        Example("How many?", "SELECT count(*) FROM t", 2),
+        Example("Names?", "SELECT name FROM t", 3),
+    ]
     answers = ["select name from t where age >= 31", "SELECT count(name) FROM t WHERE age > 99", "SELECT nme FROM t"]
     score = MethodScore("base", score_answers(gold, answers, db))
     assert [item.execution for item in score.items] == ["correct", "wrong", "invalid"]
@@ -59,8 +63,13 @@ def test_report_folder_has_table_plots_and_every_answer(tmp_path, db):
     gold = [Example("Names?", "SELECT name FROM t", 4)]
     scores = [
         MethodScore("base", score_answers(gold, ["SELECT nme FROM t"], db), locality=1.0, seconds=3.0),
-        MethodScore("mome", score_answers(gold, ["SELECT name FROM t"], db), locality=0.5,
-                    loss_curve=[2.0, 0.5, 0.01], seconds=9.0),
+        MethodScore(
+            "mome",
+            score_answers(gold, ["SELECT name FROM t"], db),
+            locality=0.5,
+            loss_curve=[2.0, 0.5, 0.01],
+            seconds=9.0,
+        ),
     ]
     path = write_report(tmp_path / "out", "Ladder", {"gold v2": scores}, {"max_new_tokens": 128}, notes=["a note"])
     text = path.read_text()

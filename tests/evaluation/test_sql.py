@@ -24,8 +24,12 @@ def db(tmp_path):
         setup.execute("CREATE TABLE roster (team TEXT, name TEXT, age INTEGER, salary TEXT)")
         setup.executemany(
             "INSERT INTO roster VALUES (?, ?, ?, ?)",
-            [("Bulls", "Ann", 24, "$1,000"), ("Bulls", "Bo", 31, "$3,000"),
-             ("Suns", "Cy", 24, "$2,000"), ("Suns", "Di", 28, "--")],
+            [
+                ("Bulls", "Ann", 24, "$1,000"),
+                ("Bulls", "Bo", 31, "$3,000"),
+                ("Suns", "Cy", 24, "$2,000"),
+                ("Suns", "Di", 28, "--"),
+            ],
         )
     setup.close()
     connection = connect_read_only(path)

@@ -10,12 +10,17 @@ import pytest
 from memtune.evaluation.sweep import Trial, best_trial, parse_rates, trial_job, write_sweep_report
 from memtune.spec import parse_job
 
-JOB = parse_job({
-    "metadata": {"name": "facts"},
-    "spec": {"dataset": {"uri": "facts.jsonl"}, "output": {"uri": "runs/facts"},
-             "finetuneArgs": {"max_steps": 500, "index_method": "IndexFlatL2", "r_value": 8},
-             "memory": {"seed": 3}},
-})
+JOB = parse_job(
+    {
+        "metadata": {"name": "facts"},
+        "spec": {
+            "dataset": {"uri": "facts.jsonl"},
+            "output": {"uri": "runs/facts"},
+            "finetuneArgs": {"max_steps": 500, "index_method": "IndexFlatL2", "r_value": 8},
+            "memory": {"seed": 3},
+        },
+    }
+)
 
 
 def trial(rate, loss, recall=None, curve=(1.0, 0.5)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,7 @@ import kmock
 
 from .mtj_schemas import validate_builtin, validate_pytorchjob
 
-# Set before kopf and the kubernetes client are imported: both read these once.
-KUBECONFIG = Path(tempfile.mkdtemp(prefix="memtune-kmock-")) / "kubeconfig"  # rewritten by each `cluster`
-os.environ["KUBECONFIG"] = str(KUBECONFIG)
-os.environ["MEMTUNE_RESYNC_SECONDS"] = "0.2"  # before the handlers are imported: the timer's interval
-os.environ["MEMTUNE_TRAINER_IMAGE"] = "registry.local/memtune-trainer:test"
+KUBECONFIG = Path(os.environ["KUBECONFIG"])  # set by tests/conftest.py; rewritten by each `cluster`
 
 import kopf  # noqa: E402
 

@@ -1,0 +1,102 @@
+"""Resumable checkpoints: the bank, the optimizer and the schedule, every `save_steps`, under the job's output.
+
+    {output}/checkpoints/{cache_key}/state-0.safetensors   bank rows, optimizer state, per-question counters
+    {output}/checkpoints/{cache_key}/state-1.safetensors   the other slot: saves alternate between the two
+    {output}/checkpoints/{cache_key}/checkpoint.json       step, queue, curve, and the sha256 of the slot it uses
+
+The JSON is written last and names the slot by checksum, so a writer killed half way leaves the previous
+checkpoint intact: it never points at the slot being rewritten. The cache key covers base model, data, finetune
+args and memory config, so only a run with the same inputs resumes. The training state is replicated on every
+rank (see distributed.py), so rank 0 saves it alone, every rank loads it, and a restart may use another world size.
+Tensors travel as safetensors and the rest as JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import deque
+from dataclasses import asdict
+
+import torch
+from safetensors.torch import load, save
+
+from memtune import storage
+from memtune.manifest import IntegrityError
+from memtune.spec import FinetuneArgs
+from memtune.trainer.optim import SparseOptimizer, make_optimizer
+from memtune.trainer.train import StepReport, TrainState
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+INDEX_NAME = "checkpoint.json"
+
+
+def checkpoint_uri(output_uri: str, cache_key: str) -> str:
+    return storage.join_uri(output_uri, "checkpoints", cache_key)
+
+
+def save_checkpoint(folder_uri: str, params: dict[str, torch.Tensor], optimizer: SparseOptimizer, state: TrainState,
+                    save_steps: int) -> None:
+    """Write the tensors into the slot not named by the current index, then the index (the commit)."""
+    tensors = {f"bank.{name}": tensor.contiguous() for name, tensor in params.items()}
+    tensors["optim.steps"] = optimizer.steps
+    for name, table in optimizer.state.items():
+        tensors.update({f"optim.{name}.{key}": tensor.contiguous() for key, tensor in table.items()})
+    tensors.update({"stay": state.stay, "losses": state.losses})
+    data = save(tensors)
+    slot = f"state-{(state.step // save_steps) % 2}.safetensors"
+    storage.write_bytes(storage.join_uri(folder_uri, slot), data)
+    index = {
+        "format": CHECKPOINT_FORMAT,
+        "step": state.step,
+        "tensors": slot,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "pending": list(state.pending),
+        "active": state.active,
+        "curve": [asdict(point) for point in state.curve],
+    }
+    storage.write_bytes(storage.join_uri(folder_uri, INDEX_NAME), json.dumps(index).encode())
+    log.info("checkpoint at step %d -> %s", state.step, folder_uri)
+
+
+def load_checkpoint(
+    folder_uri: str, params: dict[str, torch.Tensor], args: FinetuneArgs
+) -> tuple[SparseOptimizer, TrainState] | None:
+    """Restore the bank into `params` (in place) and return the optimizer and schedule; None when nothing saved."""
+    index_uri = storage.join_uri(folder_uri, INDEX_NAME)
+    if not storage.exists(index_uri):
+        return None
+    try:
+        index = json.loads(storage.read_bytes(index_uri))
+    except json.JSONDecodeError as error:
+        raise IntegrityError(f"{index_uri}: unreadable checkpoint index ({error})") from None
+    if index.get("format") != CHECKPOINT_FORMAT:
+        raise IntegrityError(f"{index_uri}: checkpoint format {index.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    data = storage.read_bytes(storage.join_uri(folder_uri, index["tensors"]))
+    if hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise IntegrityError(f"{folder_uri}/{index['tensors']}: sha256 differs from {INDEX_NAME}")
+    tensors = load(data)
+    for name, tensor in params.items():
+        saved = tensors[f"bank.{name}"]
+        if saved.shape != tensor.shape:
+            raise IntegrityError(f"{folder_uri}: bank {name} is {tuple(saved.shape)}, this run has {tuple(tensor.shape)}")
+        tensor.copy_(saved)
+    optimizer = make_optimizer(args.optim, params, args.learning_rate)
+    optimizer.steps = tensors["optim.steps"]
+    for key, tensor in tensors.items():
+        if key.startswith("optim.") and key != "optim.steps":
+            _, name, slot = key.split(".", 2)
+            optimizer.state[name][slot] = tensor
+    state = TrainState(
+        step=index["step"],
+        pending=deque(index["pending"]),
+        active=list(index["active"]),
+        stay=tensors["stay"],
+        losses=tensors["losses"],
+        curve=[StepReport(**point) for point in index["curve"]],
+    )
+    log.info("resuming from the checkpoint at step %d in %s", state.step, folder_uri)
+    return optimizer, state
