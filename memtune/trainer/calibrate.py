@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger(__name__)
+
+# Questions whose edits are probed: the p95 of a few hundred distances is stable, and each probe costs a pass.
+NEAR_SAMPLE = 64
 
 _EDITS: tuple[Callable[[str], str], ...] = (
     lambda q: f"Please tell me: {q}",
@@ -71,10 +75,13 @@ class Calibration:
         return {"threshold": self.threshold, "near_p95": self.near_p95, "far_min": self.far_min}
 
 
-def near_probes(questions: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Edited copies of every question and the index of the question each came from."""
+def near_probes(questions: Sequence[str], limit: int = NEAR_SAMPLE, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Edited copies of up to `limit` questions (a seeded sample) and the index of the question each came from."""
+    sample = random.Random(seed).sample(range(len(questions)), min(limit, len(questions)))  # noqa: S311 - not crypto
+    chosen = sorted(sample)
     probes, owners = [], []
-    for owner, question in enumerate(questions):
+    for owner in chosen:
+        question = questions[owner]
         for edit in _EDITS:
             probes.append(edit(question))
             owners.append(owner)

@@ -38,8 +38,9 @@ def checkpoint_uri(output_uri: str, cache_key: str) -> str:
     return storage.join_uri(output_uri, "checkpoints", cache_key)
 
 
-def save_checkpoint(folder_uri: str, params: dict[str, torch.Tensor], optimizer: SparseOptimizer, state: TrainState,
-                    save_steps: int) -> None:
+def save_checkpoint(
+    folder_uri: str, params: dict[str, torch.Tensor], save_steps: int, state: TrainState, optimizer: SparseOptimizer
+) -> None:
     """Write the tensors into the slot not named by the current index, then the index (the commit)."""
     tensors = {f"bank.{name}": tensor.contiguous() for name, tensor in params.items()}
     tensors["optim.steps"] = optimizer.steps
@@ -82,7 +83,7 @@ def load_checkpoint(
     for name, tensor in params.items():
         saved = tensors[f"bank.{name}"]
         if saved.shape != tensor.shape:
-            raise IntegrityError(f"{folder_uri}: bank {name} is {tuple(saved.shape)}, this run has {tuple(tensor.shape)}")
+            raise IntegrityError(f"{folder_uri}: bank {name} is {tuple(saved.shape)}, not {tuple(tensor.shape)}")
         tensor.copy_(saved)
     optimizer = make_optimizer(args.optim, params, args.learning_rate)
     optimizer.steps = tensors["optim.steps"]

@@ -2,6 +2,7 @@
 
     from memtune.trainer.inference import load_generator
     generator = load_generator("runs/facts")        # a job output (latest run), a run folder, or a base model
+    generator = load_generator("s3://bucket/facts")  # the same on s3: fetched and verified into a local cache
     [answer] = generator.generate(["Where was Lumdor Pragridor born?"])
     answer.output, answer.route                      # "Katevsha", {"experts": [17], "distance": 0.0, "gated": False}
 
@@ -13,17 +14,20 @@ Per batch: keys  = question_keys(prompts)            (B, d), a pass over the lay
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
+from memtune import storage
 from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.spec import is_remote
 from memtune.trainer.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
 from memtune.trainer.encode import question_keys, tokenize_prompt
 from memtune.trainer.experts import ExpertHooks
 from memtune.trainer.memory import Memory
-from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model
+from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model, memtune_home
 
 
 @dataclass
@@ -86,8 +90,22 @@ class Generator:
         ]
 
 
+def fetch_run(uri: str) -> Path:
+    """Download the latest committed run of an s3 job output (or one run) into `$MEMTUNE_HOME/runs-cache`.
+
+    `storage.fetch_folder` verifies every checksum before the folder appears, and reuses an identical copy.
+    """
+    run = storage.latest_committed_run(uri) or uri  # not a job output: a run, which must hold a manifest
+    name = f"{PurePosixPath(run.rstrip('/')).name}-{hashlib.sha256(run.encode()).hexdigest()[:12]}"
+    target = memtune_home() / "runs-cache" / name
+    storage.fetch_folder(run, target)
+    return target
+
+
 def resolve_run(model_ref: str | Path) -> Path | None:
     """A run folder, the latest committed run of a job output, or None when `model_ref` is neither."""
+    if is_remote(str(model_ref)):
+        return fetch_run(str(model_ref))
     path = Path(str(model_ref).removeprefix("file://")).expanduser()
     if (path / MANIFEST_NAME).is_file():
         return path

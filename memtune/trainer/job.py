@@ -5,7 +5,12 @@
     summary = run_job(resolve_local_paths(load_job_file("examples/facts-job.yaml"), "examples"))
 
 A finished run whose base model sha256, dataset id, finetune args and memory config all match is reused instead of
-retrained (Lamini's use_cached_model); its `cache_key` in memtune.json is what is matched.
+retrained (Lamini's use_cached_model); its `cache_key` in memtune.json is what is matched. The same key names the
+run's resumable checkpoint (checkpoint.py), so a restarted job with the same inputs continues where it stopped.
+
+With an `s3://` output the run folder is written under `$MEMTUNE_SCRATCH` (else a temp dir) and published to
+`{output}/runs/{run_id}` with its manifest last. Under several ranks (distributed.py) every rank trains and only
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -13,21 +18,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from memtune import storage
 from memtune.data import Example, check_lengths, dataset_id, load_examples
-from memtune.spec import MemoryTuningJob, SpecError
-from memtune.trainer.artifacts import committed_runs, read_run, runs_dir, save_run
+from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.spec import MemoryTuningJob, SpecError, is_remote
+from memtune.trainer.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
 from memtune.trainer.bank import assign_experts
 from memtune.trainer.calibrate import FAR_PROBES, calibrate, near_probes
-from memtune.trainer.encode import answer_tokens, encode_examples, question_keys, tokenize_prompt
+from memtune.trainer.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
+from memtune.trainer.distributed import SINGLE, RankGroup
+from memtune.trainer.encode import Encoded, answer_tokens, encode_examples, question_keys, tokenize_prompt
 from memtune.trainer.experts import ExpertHooks, init_experts
 from memtune.trainer.index import build_index, plan_index
 from memtune.trainer.memory import Memory, MemoryLayout
@@ -40,6 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunSummary:
     run_dir: str
+    """The run folder, or its `s3://` URI; empty on ranks other than 0, which write nothing."""
     reused: bool
     steps: int
     final_loss: float
@@ -92,8 +105,38 @@ def find_reusable(output: str, key: str) -> Path | None:
     return None
 
 
-def _calibrated_threshold(base: LoadedModel, questions: list[str], keys: torch.Tensor, key_layer: int) -> dict:
-    probes, owners = near_probes(questions)
+def _remote_meta(run: str) -> dict[str, Any]:
+    """memtune.json of a committed s3 run, checked against its manifest without downloading the run."""
+    manifest = json.loads(storage.read_bytes(storage.join_uri(run, MANIFEST_NAME)))
+    data = storage.read_bytes(storage.join_uri(run, META_NAME))
+    expected = manifest.get("files", {}).get(META_NAME, {}).get("sha256")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise IntegrityError(f"{run}/{META_NAME}: sha256 differs from its manifest")
+    return json.loads(data)
+
+
+def reusable_run(output: str, key: str) -> tuple[str, dict[str, Any]] | None:
+    """(location, metadata) of a committed run of `output` with this cache key; on s3 only the newest is read."""
+    if is_remote(output):
+        latest = storage.latest_committed_run(output)
+        if latest is not None and (meta := _remote_meta(latest)).get("cache_key") == key:
+            return latest, meta
+        return None
+    previous = find_reusable(output, key)
+    # read_run verifies every checksum: a damaged run is an error, not a cache hit
+    return (str(previous), read_run(previous).meta) if previous is not None else None
+
+
+def _scratch_runs() -> Path:
+    """Where a run destined for object storage is assembled (the contract's writable `$MEMTUNE_SCRATCH`)."""
+    root = os.environ.get("MEMTUNE_SCRATCH") or tempfile.mkdtemp(prefix="memtune-")
+    return Path(root) / "runs"
+
+
+def _calibrated_threshold(
+    base: LoadedModel, questions: list[str], keys: torch.Tensor, key_layer: int, seed: int
+) -> dict[str, float]:
+    probes, owners = near_probes(questions, seed=seed)
     result = calibrate(
         keys, question_keys(base, probes, key_layer), owners, question_keys(base, list(FAR_PROBES), key_layer)
     )
@@ -102,17 +145,25 @@ def _calibrated_threshold(base: LoadedModel, questions: list[str], keys: torch.T
 
 
 def build_memory(
-    base: LoadedModel, examples: list[Example], job: MemoryTuningJob, layout: MemoryLayout
-) -> tuple[Memory, list, dict]:
-    """Frozen pass, expert assignment, index and gate; returns the untrained memory, encoded examples, gate info."""
-    encoded = encode_examples(
+    base: LoadedModel, examples: list[Example], job: MemoryTuningJob, layout: MemoryLayout, group: RankGroup = SINGLE
+) -> tuple[Memory, list[Encoded | None], dict]:
+    """Frozen pass, expert assignment, index and gate; returns the untrained memory, encoded examples, gate info.
+
+    Each rank encodes only the examples it owns (None elsewhere in the list); the keys are all-gathered.
+    """
+    owned = group.owned(list(range(len(examples))))
+    mine = encode_examples(
         base,
-        [(e.input, e.output) for e in examples],
+        [(examples[i].input, examples[i].output) for i in owned],
         layout.key_layer,
         layout.expert_layers[0],
         job.spec.memory.batchSize,
     )
-    keys = torch.stack([e.key for e in encoded])  # (N, d)
+    encoded: list[Encoded | None] = [None] * len(examples)
+    for i, example in zip(owned, mine, strict=True):
+        encoded[i] = example
+    own_keys = torch.stack([e.key for e in mine]) if mine else torch.empty(0, base.model.config.hidden_size)
+    keys = group.interleave(own_keys, len(examples))  # (N, d)
     args = job.spec.finetuneArgs
     slot_expert = assign_experts(keys, args.index_max_size, job.spec.memory.seed)
     generator = torch.Generator().manual_seed(job.spec.memory.seed)
@@ -121,18 +172,13 @@ def build_memory(
     plan = plan_index(args.index_method, len(keys), hidden, args)
     index = build_index(keys.numpy(), plan)
     gate: dict[str, Any] = {"mode": job.spec.memory.gate}
-    if job.spec.memory.gate == "calibrated" and layout.threshold is None:
-        gate.update(_calibrated_threshold(base, [e.input for e in examples], keys, layout.key_layer))
+    # Only rank 0 writes the gate into the run; training routes are never gated.
+    if job.spec.memory.gate == "calibrated" and layout.threshold is None and group.is_rank0:
+        gate.update(
+            _calibrated_threshold(base, [e.input for e in examples], keys, layout.key_layer, job.spec.memory.seed)
+        )
         layout.threshold = gate["threshold"]
     return Memory(layout, params, keys, slot_expert, index, plan), encoded, gate
-
-
-def _save_checkpoint(path: Path, memory: Memory, step: int) -> None:
-    """Every save_steps: the bank so far (atomic replace), for inspecting or salvaging a long run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    save_file(memory.params, temporary, metadata={"step": str(step)})
-    temporary.replace(path)
 
 
 def _report_progress(show: bool, on_step: Callable[[StepReport], None] | None) -> Callable[[StepReport], None]:
@@ -156,8 +202,9 @@ def run_job(
     use_cached_model: bool = True,
     show_progress: bool = True,
     on_step: Callable[[StepReport], None] | None = None,
+    group: RankGroup = SINGLE,
 ) -> RunSummary:
-    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`."""
+    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint."""
     started = time.perf_counter()
     spec, args = job.spec, job.spec.finetuneArgs
     examples = load_examples(spec.dataset, args.max_finetuning_examples)
@@ -170,12 +217,12 @@ def run_job(
     )
     data_id = dataset_id(examples)
     key = cache_key(base.sha256, data_id, job)
-    if use_cached_model and (previous := find_reusable(spec.output.uri, key)) is not None:
-        meta = read_run(previous).meta  # verifies every checksum: a damaged run is an error, not a cache hit
-        log.info("reusing %s (same base model, dataset, finetune args and memory config)", previous)
+    if use_cached_model and (previous := reusable_run(spec.output.uri, key)) is not None:
+        location, meta = previous
+        log.info("reusing %s (same base model, dataset, finetune args and memory config)", location)
         metrics = meta["metrics"]
         return RunSummary(
-            str(previous),
+            location,
             True,
             metrics["steps"],
             metrics["final_loss"],
@@ -183,28 +230,39 @@ def run_job(
             time.perf_counter() - started,
         )
 
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{key[:8]}"
     layout = plan_layout(job, len(decoder_layers(base.model)))
-    memory, encoded, gate = build_memory(base, examples, job, layout)
+    memory, encoded, gate = build_memory(base, examples, job, layout, group)
     routes = memory.router()(memory.keys).route  # each question routes as generation will route it (never gated)
+    # (N, k) each: rank 0's index decides, so no rank can route differently
+    group.broadcast_(routes.experts)
+    group.broadcast_(routes.weights)
+    checkpoints = checkpoint_uri(spec.output.uri, key)
+    resumed = load_checkpoint(checkpoints, memory.params, args)
+    optimizer, state = resumed if resumed is not None else (None, None)
     hooks = ExpertHooks(base.model, layout.expert_layers)
     try:
         setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
-        checkpoint = runs_dir(spec.output.uri).parent / "checkpoints" / f"{run_id}.safetensors"
         result = train_experts(
             setup,
             args,
             spec.memory.batchSize,
             spec.memory.stopLoss,
             _report_progress(show_progress, on_step),
-            lambda step: _save_checkpoint(checkpoint, memory, step),
+            partial(save_checkpoint, checkpoints, memory.params, args.save_steps) if group.is_rank0 else None,
+            group=group,
+            optimizer=optimizer,
+            state=state,
         )
     finally:
         hooks.remove()
     if show_progress:
         print()
     recall = float(result.exact.float().mean())
-    folder = runs_dir(spec.output.uri) / run_id
+    if not group.is_rank0:
+        return RunSummary("", False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    run_id = storage.new_run_id()
+    remote = is_remote(spec.output.uri)
+    folder = (_scratch_runs() if remote else runs_dir(spec.output.uri)) / run_id
     metrics = {"steps": result.steps, "final_loss": result.final_loss, "recall": recall, "examples": len(examples)}
     meta = {
         "base_model": {"id": spec.baseModel, "sha256": base.sha256},
@@ -216,5 +274,11 @@ def run_job(
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
     save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
-    checkpoint.unlink(missing_ok=True)  # the committed run supersedes it
-    return RunSummary(str(folder), False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    location = str(folder)
+    if remote:
+        location = storage.run_uri(spec.output.uri, run_id)
+        storage.publish_folder(folder, location)
+        shutil.rmtree(folder)  # the scratch copy: the bucket holds the run now
+    else:  # the committed run supersedes it (storage has no delete for s3, where it stays)
+        shutil.rmtree(checkpoints.removeprefix("file://"), ignore_errors=True)
+    return RunSummary(location, False, result.steps, result.final_loss, recall, time.perf_counter() - started)

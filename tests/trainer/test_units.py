@@ -99,3 +99,32 @@ def test_experts_are_shared_above_the_cap() -> None:
     shared = assign_experts(keys, 10, seed=0)
     assert shared.shape == (50,) and int(shared.max()) < 10
     assert set(shared.tolist()) == set(range(int(shared.max()) + 1))  # no unused expert ids
+
+
+def test_layout_errors_name_the_field() -> None:
+    from memtune.spec import SpecError, parse_job
+    from memtune.trainer.job import plan_layout
+
+    def job(memory: dict) -> object:
+        spec = {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}, "memory": memory}
+        return parse_job({"metadata": {"name": "x"}, "spec": spec})
+
+    layout = plan_layout(job({}), 30)
+    assert layout.expert_layers == list(range(22, 30)) and layout.key_layer == 12
+    with pytest.raises(SpecError, match=r"spec\.memory\.keyLayer"):
+        plan_layout(job({"keyLayer": 25}), 30)
+    with pytest.raises(SpecError, match=r"spec\.memory\.expertLayers"):
+        plan_layout(job({"expertLayers": [28, 31]}), 30)
+
+
+def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplog) -> None:
+    from memtune.trainer.calibrate import calibrate
+
+    keys = torch.eye(3, 6)  # (3, 6) unit keys
+    near = keys + 0.1 * torch.eye(3, 6).roll(1, dims=1)  # squared distance 0.01 to its owner
+    far = nn.functional.normalize(torch.ones(2, 6), dim=-1)
+    result = calibrate(keys, near, [0, 1, 2], far)
+    assert result.near_p95 < result.threshold < result.far_min
+    assert not caplog.records
+    calibrate(keys, far, [0, 1], keys[:1])  # everyday prompts closer than rewordings: warn, still a threshold
+    assert "gate calibration" in caplog.records[0].getMessage()
