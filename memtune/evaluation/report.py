@@ -86,6 +86,11 @@ def plot_losses(curves: Mapping[str, Sequence[float]], path: Path, title: str = 
     plt.close(figure)
 
 
+def _inline(text: str) -> str:
+    """One line that stays inside a Markdown code span (answers may hold newlines and backticks)."""
+    return " ".join(text.split()).replace("`", "'")
+
+
 def _failures(score: MethodScore) -> list[str]:
     wrong = [item for item in score.items if not (item.execution == "correct" if item.execution else item.exact)]
     if not wrong:
@@ -93,7 +98,8 @@ def _failures(score: MethodScore) -> list[str]:
     lines = [f"### {score.method}: {len(wrong)} of {len(score.items)} wrong", ""]
     for item in wrong[:_SHOWN_FAILURES]:
         reason = f" — invalid SQL: {item.sql_error}" if item.execution == "invalid" else ""
-        lines.append(f"- line {item.line}: `{item.question}` → `{item.answer}` (expected `{item.expected}`){reason}")
+        shown = f"`{_inline(item.question)}` → `{_inline(item.answer)}` (expected `{_inline(item.expected)}`)"
+        lines.append(f"- line {item.line}: {shown}{reason}")
     if len(wrong) > _SHOWN_FAILURES:
         lines.append(f"- ... and {len(wrong) - _SHOWN_FAILURES} more (see results.json)")
     return [*lines, ""]

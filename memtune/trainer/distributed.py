@@ -116,7 +116,7 @@ def start(group: RankGroup) -> None:
     if not group.distributed or dist.is_initialized():
         return
     backend = "gloo"
-    if torch.cuda.is_available():
+    if group.local_rank < torch.cuda.device_count():  # PyTorchJob runs nprocPerNode = gpus ranks per node
         torch.cuda.set_device(group.local_rank)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend, rank=group.rank, world_size=group.world_size)

@@ -43,6 +43,7 @@ _PERMANENT = (SpecError, DatasetError, ModelError, IntegrityError)
 def is_permanent(error: BaseException) -> bool:
     """Would the same attempt fail again? StorageError is permanent unless it gave up on a transient failure."""
     if isinstance(error, storage.StorageError):
+        # storage's own retry predicate: a cause it deems transient means it gave up retrying, not a bad request.
         return error.__cause__ is None or not storage._is_transient(error.__cause__)
     return isinstance(error, _PERMANENT)
 

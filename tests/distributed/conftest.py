@@ -43,9 +43,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def make_job(tiny_model: Path, tmp_path: Path) -> Callable[..., Path]:
-    """Write a manifest training the tiny model on the facts into `output`; returns its path."""
+def job_writer(model: Path, folder: Path) -> Callable[..., Path]:
+    """A function writing manifests (into `folder`) that train `model` on the facts into `output`."""
 
     def make(output: str, name: str = "tiny", memory: dict[str, Any] | None = None, **finetune: Any) -> Path:
         document = {
@@ -53,7 +52,7 @@ def make_job(tiny_model: Path, tmp_path: Path) -> Callable[..., Path]:
             "kind": "MemoryTuningJob",
             "metadata": {"name": name},
             "spec": {
-                "baseModel": str(tiny_model),
+                "baseModel": str(model),
                 "dataset": {"uri": str(FACTS)},
                 "finetuneArgs": {
                     "max_steps": 40,
@@ -68,19 +67,28 @@ def make_job(tiny_model: Path, tmp_path: Path) -> Callable[..., Path]:
                 "output": {"uri": output},
             },
         }
-        path = tmp_path / f"{name}.yaml"
+        path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(document), encoding="utf-8")
         return path
 
     return make
 
 
-@pytest.fixture
-def trainer_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a trainer subprocess: this checkout importable, scratch and home in the test's folder."""
+def subprocess_env(folder: Path) -> dict[str, str]:
+    """Environment of a trainer subprocess: this checkout importable, its scratch in `folder`."""
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "MEMTUNE_SCRATCH": str(tmp_path / "scratch"),
+        "MEMTUNE_SCRATCH": str(folder / "scratch"),
         "OMP_NUM_THREADS": "1",  # two ranks on a shared 2-core machine
     }
+
+
+@pytest.fixture
+def make_job(tiny_model: Path, tmp_path: Path) -> Callable[..., Path]:
+    return job_writer(tiny_model, tmp_path)
+
+
+@pytest.fixture
+def trainer_env(tmp_path: Path) -> dict[str, str]:
+    return subprocess_env(tmp_path)

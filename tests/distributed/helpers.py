@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,9 +74,7 @@ def kill_when(spec: Path, env: dict[str, str], ranks: int, pattern: Path, timeou
         "--termination-log",
         str(spec.with_suffix(".killed.log")),
     ]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     try:
         while not any(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor)))):
@@ -85,6 +84,16 @@ def kill_when(spec: Path, env: dict[str, str], ranks: int, pattern: Path, timeou
                 raise AssertionError(f"{pattern} did not appear within {timeout_s}s")
             time.sleep(0.05)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started: torchrun and its ranks
+        # As a deleted pod: torchrun and every rank at once (torchrun puts each rank in a session of its own).
+        for pid in [process.pid, *_descendants(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return [found for child in children for found in (child, *_descendants(child))]

@@ -11,14 +11,16 @@ from memtune.contract import EXIT_PERMANENT, RECALL_METRIC
 from memtune.spec import SpecError
 from memtune.trainer.distributed import RankGroup, group_from_env
 from memtune.trainer.pod import main
+from tests.distributed.conftest import job_writer, subprocess_env
 from tests.distributed.helpers import run_trainer
 
 
-@pytest.fixture
-def single(make_job, trainer_env, tmp_path: Path):
-    """One process training the tiny model into a local output."""
-    output = tmp_path / "single"
-    return output, run_trainer(make_job(str(output)), trainer_env, tmp_path / "single.log")
+@pytest.fixture(scope="module")
+def single(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One process training the tiny model into a local output (shared: two tests read it)."""
+    folder = tmp_path_factory.mktemp("single")
+    spec = job_writer(tiny_model, folder)(str(folder / "out"))
+    return folder / "out", run_trainer(spec, subprocess_env(folder), folder / "termination.log")
 
 
 def test_one_process_reports_progress_and_result_in_the_contract_shape(single) -> None:
@@ -76,6 +78,16 @@ def test_a_missing_bucket_exits_permanent(s3_env, make_job, tmp_path: Path) -> N
     spec = make_job("s3://no-such-bucket-memtune/out")
     assert main(["--spec", str(spec), "--termination-log", str(log)]) == EXIT_PERMANENT
     assert "no-such-bucket-memtune" in log.read_text()
+
+
+def test_rejected_credentials_exit_permanent_without_echoing_them(
+    s3_env, make_job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_job(f"{s3_env.make_bucket()}/out")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    log = tmp_path / "termination.log"
+    assert main(["--spec", str(spec), "--termination-log", str(log)]) == EXIT_PERMANENT
+    assert "access denied" in log.read_text() and "wrong-secret-value" not in log.read_text()
 
 
 def test_the_pytorchjob_environment_is_read_and_checked() -> None:

@@ -62,7 +62,7 @@ def test_broken_gold_query_names_its_line(db):
 def test_report_folder_has_table_plots_and_every_answer(tmp_path, db):
     gold = [Example("Names?", "SELECT name FROM t", 4)]
     scores = [
-        MethodScore("base", score_answers(gold, ["SELECT nme FROM t"], db), locality=1.0, seconds=3.0),
+        MethodScore("base", score_answers(gold, ["SELECT nme\nFROM `t`"], db), locality=1.0, seconds=3.0),
         MethodScore(
             "mome",
             score_answers(gold, ["SELECT name FROM t"], db),
@@ -75,7 +75,7 @@ def test_report_folder_has_table_plots_and_every_answer(tmp_path, db):
     text = path.read_text()
     assert "| base | 0.0% | 100.0% |" in text  # execution accuracy, then invalid SQL share
     assert "| mome | 100.0% | 0.0% |" in text
-    assert "line 4: `Names?` → `SELECT nme FROM t`" in text and "invalid SQL: no such column: nme" in text
+    assert "line 4: `Names?` → `SELECT nme FROM 't'`" in text and "invalid SQL: no such column: nme" in text
     assert "- max_new_tokens: 128" in text and "- a note" in text
     assert "## gold v2" in text and "![gold v2](accuracy-gold-v2.png)" in text
     for name in ("accuracy-gold-v2.png", "loss.png"):
