@@ -7,6 +7,7 @@ Each benchmark is `python bench/eval_<name>.py [--baselines ...] [--lora-steps N
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import time
@@ -40,6 +41,9 @@ def arguments(description: str, max_new_tokens: int = 64) -> argparse.Namespace:
     )
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--fresh", action="store_true", help="retrain the MoME job even if a cached run matches")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the rows of methods not run now from the previous results.json"
+    )
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -58,6 +62,17 @@ def lora_settings(job: MemoryTuningJob, steps: int | None) -> LoraSettings:
     return matching if steps is None else replace(matching, steps=steps)
 
 
+def _previous_rows(folder: Path, rerun: Sequence[str]) -> dict[str, list[MethodScore]]:
+    """Rows of an earlier results.json for the methods not being re-run now (slow machines: one rung at a time)."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return {}
+    sets = json.loads(path.read_text(encoding="utf-8"))["sets"]
+    return {
+        name: [MethodScore.from_dict(r) for r in records if r["method"] not in rerun] for name, records in sets.items()
+    }
+
+
 def ladder_report(
     name: str,
     title: str,
@@ -66,8 +81,9 @@ def ladder_report(
     locality: Sequence[str],
     settings: dict[str, object],
     notes: Sequence[str],
+    keep: bool = False,
 ) -> dict[str, list[MethodScore]]:
-    """Run the ladder, print the tables, write bench/results/eval-<name>/."""
+    """Run the ladder, print the tables, write bench/results/eval-<name>/ (with `keep`: merged with earlier rows)."""
     started = time.monotonic()
     settings = {
         **settings,
@@ -78,9 +94,16 @@ def ladder_report(
         "lora rung": ladder.lora,
     }
 
+    folder = RESULTS / f"eval-{name}"
+    kept = _previous_rows(folder, ladder.methods) if keep else {}
+
     def report(sections: dict[str, list[MethodScore]]) -> Path:
-        timed = {**settings, "ladder wall time": f"{time.monotonic() - started:.0f} s"}
-        return write_report(RESULTS / f"eval-{name}", title, sections, timed, notes)
+        timed = {**settings, "ladder wall time (this invocation)": f"{time.monotonic() - started:.0f} s"}
+        merged = {
+            set_name: sorted(kept.get(set_name, []) + scores, key=lambda s: METHODS.index(s.method))
+            for set_name, scores in sections.items()
+        }
+        return write_report(folder, title, merged, timed, notes)
 
     sections = run_ladder(ladder, sets, locality, on_method=report)  # a partial report after each rung
     path = report(sections)

@@ -49,6 +49,7 @@ def main() -> None:
         read_prompts(examples / "unrelated.jsonl", "input"),
         {"job": "examples/facts-job.yaml"},
         notes,
+        keep=args.keep,
     )
 
 

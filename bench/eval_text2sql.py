@@ -107,6 +107,7 @@ def main() -> None:
         [],
         {"job": "examples/nba-sql-job.yaml", "database": "nba_roster.db (read-only)"},
         notes,
+        keep=args.keep,
     )
 
 

@@ -185,6 +185,7 @@ def main() -> None:
         [r["loc"] for r in clean],
         {"data": "../shared/data/zsre/dev.jsonl", "job": job.spec.finetuneArgs},
         notes,
+        keep=args.keep,
     )
 
 

@@ -49,12 +49,12 @@ class MomeTokenPredictor:
         a, b = self.memory.params["A"], self.memory.params["B"]
         cache = DynamicCache(config=self.base.model.config)
         with self.hooks.active(a, b, routing.route, last_only=True):
-            first = self.base.model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1]  # (1, V)
+            first = self.base.model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]  # (1, V)
         picks = [int(first.argmax(-1))]
         if len(target) > 1:
             answer = torch.tensor([target[:-1]])  # (1, A-1): the gold prefix
             with self.hooks.active(a, b, routing.route, last_only=False):
-                logits = self.base.model(input_ids=answer, past_key_values=cache, use_cache=True).logits  # (1, A-1, V)
+                logits = self.base.model(input_ids=answer, cache=cache, use_cache=True).logits  # (1, A-1, V)
             picks += logits[0].argmax(-1).tolist()
         return picks
 

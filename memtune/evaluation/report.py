@@ -53,7 +53,7 @@ def markdown_table(scores: Sequence[MethodScore]) -> str:
 def plot_accuracy(scores: Sequence[MethodScore], path: Path) -> None:
     """Grouped bars: one group per method, one bar per metric (shares in %)."""
     columns = [key for key in _columns(scores) if key != "invalid_sql"]
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(scores)), 4))
+    figure, axes = plt.subplots(figsize=(max(7.5, 1.6 * len(scores) + 2), 4))
     width = 0.8 / max(1, len(columns))
     for offset, key in enumerate(columns):
         values = [100 * (score.summary().get(key) or 0.0) for score in scores]
@@ -64,7 +64,7 @@ def plot_accuracy(scores: Sequence[MethodScore], path: Path) -> None:
     axes.set_xticklabels([score.method for score in scores])
     axes.set_ylim(0, 110)
     axes.set_ylabel("%")
-    axes.legend(fontsize=8, loc="upper left")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from memtune.data import Example
 from memtune.evaluation import sql
@@ -83,6 +84,19 @@ class MethodScore:
             "loss_curve": self.loss_curve,
             "items": [asdict(item) for item in self.items],
         }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> MethodScore:
+        """Inverse of to_dict (results.json), so a long benchmark can be resumed one method at a time."""
+        summary = record["summary"]
+        return cls(
+            method=record["method"],
+            items=[ItemScore(**item) for item in record["items"]],
+            locality=summary["locality"],
+            token_accuracy=summary["token_accuracy"],
+            loss_curve=record["loss_curve"],
+            seconds=record["seconds"],
+        )
 
 
 def score_answers(examples: Sequence[Example], answers: Sequence[str], db: str | Path | None = None) -> list[ItemScore]:

@@ -82,6 +82,8 @@ def test_report_folder_has_table_plots_and_every_answer(tmp_path, db):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["sets"]["gold v2"][1]["items"][0]["answer"] == "SELECT name FROM t"
+    reread = [MethodScore.from_dict(record) for record in results["sets"]["gold v2"]]
+    assert reread == scores
 
 
 def test_table_leaves_out_columns_no_method_has():
