@@ -155,6 +155,16 @@ def upload(
     print(identifier)
 
 
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Option(help="MemoryTuningJob manifest (YAML).", exists=True, dir_okay=False)],
+) -> None:
+    """Run one rank of a job as a trainer pod does (under torchrun for several ranks); exit 1 = permanent failure."""
+    from memtune.trainer import pod
+
+    raise typer.Exit(code=pod.main(["--spec", str(spec)]))
+
+
 @app.command(name="eval")
 def evaluate() -> None:
     """Score models on a JSONL set against baselines (base, prompt, RAG, LoRA, MoME): not built yet (issue 4)."""

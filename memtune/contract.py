@@ -38,6 +38,8 @@ RECALL_METRIC = "recall"
 
 # Exit codes: 1 means the attempt can never succeed (bad spec, bad data); anything else may be retried.
 EXIT_PERMANENT = 1
+# EX_TEMPFAIL from sysexits.h: what the trainer exits with when another attempt may succeed (storage still failing).
+EXIT_RETRYABLE = 75
 
 # Labels on every child object and pod; `ROLE_LABEL` marks the rank-0 pod whose log and result are read.
 JOB_LABEL = "memtune.dev/job"

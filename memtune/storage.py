@@ -62,7 +62,13 @@ T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed for good: bad URI, missing bucket, rejected credentials, or retries exhausted."""
+    """A storage operation failed: bad URI, missing bucket, rejected credentials, or retries exhausted.
+
+    `transient` is True only when retries gave up on a failure that may pass (a later attempt may succeed)."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,7 +211,8 @@ def _with_retries(action: str, location: _Location, operation: Callable[[], T]) 
             if attempt == RETRY_ATTEMPTS:
                 raise StorageError(
                     f"{action} {location.uri}: still failing after {attempt} attempts{location.where}: "
-                    f"{type(error).__name__}: {error}"
+                    f"{type(error).__name__}: {error}",
+                    transient=True,
                 ) from error
             delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter spreads out pods retrying together

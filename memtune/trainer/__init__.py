@@ -14,4 +14,7 @@ Where things are:
 - artifacts.py  run folders (safetensors, faiss bytes, manifest last) and their verified loading
 - job.py        run_job: a whole MemoryTuningJob on this machine
 - inference.py  load_generator / Generator.generate
+- distributed.py  ranks: which rank owns which fact, gloo/nccl, the collectives
+- checkpoint.py   resumable checkpoints every save_steps
+- pod.py          the pod entrypoint (python -m memtune.trainer --spec FILE)
 """

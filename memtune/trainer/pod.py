@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from memtune import storage
-from memtune.contract import EXIT_PERMANENT, PROGRESS_PREFIX, RECALL_METRIC, SPEC_PATH, TERMINATION_LOG
+from memtune.contract import (
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    PROGRESS_PREFIX,
+    RECALL_METRIC,
+    SPEC_PATH,
+    TERMINATION_LOG,
+)
 from memtune.data import DatasetError
 from memtune.manifest import IntegrityError
 from memtune.spec import SpecError, load_job_file, resolve_local_paths
@@ -33,8 +40,6 @@ from memtune.trainer.train import StepReport
 
 log = logging.getLogger("memtune.trainer")
 
-# EX_TEMPFAIL from sysexits.h: not 1, so the operator retries the attempt.
-EXIT_RETRYABLE = 75
 # Kubernetes keeps at most 4 KiB of the termination message.
 MESSAGE_LIMIT = 4096
 _PERMANENT = (SpecError, DatasetError, ModelError, IntegrityError)
@@ -43,8 +48,7 @@ _PERMANENT = (SpecError, DatasetError, ModelError, IntegrityError)
 def is_permanent(error: BaseException) -> bool:
     """Would the same attempt fail again? StorageError is permanent unless it gave up on a transient failure."""
     if isinstance(error, storage.StorageError):
-        # storage's own retry predicate: a cause it deems transient means it gave up retrying, not a bad request.
-        return error.__cause__ is None or not storage._is_transient(error.__cause__)
+        return not error.transient
     return isinstance(error, _PERMANENT)
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from memtune import storage
-from memtune.contract import RECALL_METRIC
+from memtune.contract import EXIT_RETRYABLE, RECALL_METRIC
 from memtune.manifest import MANIFEST_NAME
 from memtune.spec import load_job_file
 from memtune.trainer.inference import load_generator
 from memtune.trainer.job import run_job
-from memtune.trainer.pod import EXIT_RETRYABLE, main
+from memtune.trainer.pod import main
 from tests.distributed.conftest import FACTS
 
 QUESTIONS = [json.loads(line)["input"] for line in FACTS.read_text().splitlines()]
