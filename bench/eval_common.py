@@ -91,7 +91,7 @@ def ladder_report(
         "decoding": f"greedy, at most {ladder.max_new_tokens} new tokens, stop at end-of-turn",
         "prompt rung": f"first {ladder.few_shot} training pairs after the system text",
         "rag rung": f"top {ladder.rag_k} training pairs by cosine similarity (all-MiniLM-L6-v2 if installed)",
-        "lora rung": ladder.lora,
+        "lora rung": ladder.lora if "lora" in ladder.methods or keep else "not run",
     }
 
     folder = RESULTS / f"eval-{name}"
