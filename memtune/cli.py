@@ -165,12 +165,6 @@ def train(
     raise typer.Exit(code=pod.main(["--spec", str(spec)]))
 
 
-@app.command(name="eval")
-def evaluate() -> None:
-    """Score models on a JSONL set against baselines (base, prompt, RAG, LoRA, MoME): not built yet (issue 4)."""
-    raise _fail(NotImplementedError("`memtune eval` is not built yet; use `memtune run` (reports recall) for now"))
-
-
 @app.command()
 def crd() -> None:
     """Print the MemoryTuningJob CustomResourceDefinition generated from memtune/spec.py."""
@@ -180,6 +174,9 @@ def crd() -> None:
 
 
 def _register_optional_commands() -> None:
+    from memtune.evaluation.cli import register_commands as register_evaluation
+
+    register_evaluation(app)
     try:
         from memtune.cluster import register_commands
     except ModuleNotFoundError as error:
