@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -97,7 +97,10 @@ def generate(
     if bool(prompt) == (input_file is not None):
         raise _fail(ValueError("give --prompt (one or more) or --input-file, not both"))
     try:
-        records = _read_questions(input_file, input_key) if input_file else [{input_key: text} for text in prompt or []]
+        if input_file:
+            records = data.read_question_records(input_file, input_key)
+        else:
+            records = [{input_key: text} for text in prompt or []]
         from memtune.trainer.inference import load_generator
 
         answers = load_generator(model).generate(
@@ -115,25 +118,6 @@ def generate(
     else:
         for answer in answers:
             print(answer.output)
-
-
-def _read_questions(path: Path, input_key: str) -> list[dict[str, Any]]:
-    records, problems = [], []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            problems.append((number, f"not valid JSON ({error.msg})"))
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get(input_key), str):
-            problems.append((number, f"expected an object with a string {input_key!r}"))
-            continue
-        records.append(record)
-    if problems:
-        raise data.DatasetError(str(path), problems)
-    return records
 
 
 @app.command()

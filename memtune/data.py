@@ -101,6 +101,22 @@ def _jsonl_items(text: str) -> Iterable[tuple[int, Any]]:
             yield number, _Invalid(f"not valid JSON ({error.msg} at column {error.colno})")
 
 
+def read_question_records(path: str | Path, key: str = "input") -> list[dict[str, Any]]:
+    """JSONL objects that each hold a non-empty string `key` (questions to answer; other fields are kept)."""
+    records: list[dict[str, Any]] = []
+    problems: list[tuple[int, str]] = []
+    for line, record in _jsonl_items(Path(path).read_text(encoding="utf-8")):
+        if isinstance(record, _Invalid):
+            problems.append((line, record.message))
+        elif not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
+            problems.append((line, f"expected an object with a non-empty string {key!r}"))
+        else:
+            records.append(record)
+    if problems or not records:
+        raise DatasetError(str(path), problems or [(0, "no records")])
+    return records
+
+
 def canonical_bytes(examples: Sequence[Example]) -> bytes:
     lines = (
         json.dumps({"input": e.input, "output": e.output}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -102,3 +102,13 @@ def test_lengths_over_max_are_named_by_line():
     with pytest.raises(data.DatasetError) as caught:
         data.check_lengths(examples, lambda e: 100 if e.line == 2 else 3, 64)
     assert caught.value.problems == [(2, "100 tokens exceed max_length 64")]
+
+
+def test_question_files_keep_their_fields_and_name_bad_lines(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"input": "Q1?", "id": 7}\n\n{"input": ""}\n[1]\n{oops\n', encoding="utf-8")
+    with pytest.raises(data.DatasetError) as caught:
+        data.read_question_records(path)
+    assert [line for line, _ in caught.value.problems] == [3, 4, 5]
+    path.write_text('{"input": "Q1?", "id": 7}\n', encoding="utf-8")
+    assert data.read_question_records(path) == [{"input": "Q1?", "id": 7}]

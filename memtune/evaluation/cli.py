@@ -11,7 +11,6 @@ Model code is imported inside the commands, so `memtune --help` stays fast.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -38,22 +37,7 @@ def _fail(error: Exception) -> typer.Exit:
 
 def read_prompts(path: Path, key: str) -> list[str]:
     """Questions from a JSONL file (other fields ignored); every bad line named in one `DatasetError`."""
-    prompts, problems = [], []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            problems.append((number, f"not valid JSON ({error.msg})"))
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
-            problems.append((number, f"expected an object with a non-empty string {key!r}"))
-            continue
-        prompts.append(record[key])
-    if problems or not prompts:
-        raise data.DatasetError(str(path), problems or [(0, "no records")])
-    return prompts
+    return [record[key] for record in data.read_question_records(path, key)]
 
 
 def _load_job(job_file: Path | None) -> MemoryTuningJob | None:
