@@ -32,7 +32,8 @@ async def test_suspend_flows_to_the_child_and_back(cluster: Cluster, operator: O
     await cluster.patch_job("nba", {"spec": {"suspend": True}})
     await until(lambda: _suspended(cluster) is True)
     await until(lambda: cluster.status("nba").get("phase") == "Suspended")
-    reasons = [event["reason"] for event in cluster.events()]
+    # Events are posted after the status patch: wait for the last one instead of racing it.
+    reasons = await until(lambda: len(r := [event["reason"] for event in cluster.events()]) >= 3 and r)
     assert reasons == ["Created", "Resumed", "Suspended"]
     assert cluster.names(PYTORCHJOBS) == ["nba-0"]
 

@@ -62,7 +62,7 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     assert _condition(status, "Stalled")["status"] == "False"
     assert kstatus.compute(cluster.get(MTJ, "nba")) == ("Current", "Resource is Ready")
     assert status["completionTime"]
-    reasons = [event["reason"] for event in cluster.events()]
+    reasons = await until(lambda: len(r := [event["reason"] for event in cluster.events()]) >= 3 and r)
     assert reasons == ["Created", "Running", "Succeeded"]
 
 
@@ -103,7 +103,8 @@ async def test_retryable_failures_are_retried_up_to_backoff_limit(cluster: Clust
     }  # fmt: skip
     assert kstatus.compute(cluster.get(MTJ, "nba")) == ("Failed", failed["message"])
     assert cluster.names(PYTORCHJOBS) == ["nba-0", "nba-1"]
-    warnings = [event for event in cluster.events() if event["type"] == "Warning"]
+    # kopf posts Events on its own, after the status patch: wait for the second one rather than race it.
+    warnings = await until(lambda: len(w := [e for e in cluster.events() if e["type"] == "Warning"]) >= 2 and w)
     assert [event["reason"] for event in warnings] == ["OOMKilled", "OOMKilled"]
     assert "out of memory" in warnings[0]["message"]
 
@@ -129,7 +130,7 @@ async def test_image_pull_error_fails_the_job_and_frees_the_nodes(cluster: Clust
     assert _condition(status, "Failed")["reason"] == "ImagePullError"
     assert "Back-off pulling image" in _condition(status, "Failed")["message"]
     assert cluster.names(PYTORCHJOBS) == []  # deleted: its pods would wait forever
-    assert ("Warning", "ImagePullError") in [(event["type"], event["reason"]) for event in cluster.events()]
+    await until(lambda: ("Warning", "ImagePullError") in [(e["type"], e["reason"]) for e in cluster.events()])
 
 
 async def test_active_deadline_is_enforced_by_the_operator(cluster: Cluster, operator: OperatorProcess) -> None:
