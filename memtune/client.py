@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from memtune import data
 from memtune.spec import (
     DEFAULT_BASE_MODEL,
-    DatasetRef,
     MemoryTuningJob,
     SpecError,
     parse_finetune_args,
@@ -55,7 +53,7 @@ class MemoryTuner:
         self.model_name = model_name
         self.backend = backend
         self.store = store
-        self.output_root = output_root or str(Path(data.memtune_home()) / "jobs")
+        self.output_root = output_root or str(data.memtune_home() / "jobs")
         self.namespace = namespace
         self._generator: Any = None
 
@@ -96,9 +94,7 @@ class MemoryTuner:
             "metadata": {"name": name, **({"namespace": self.namespace} if self.namespace else {})},
             "spec": {
                 "baseModel": self.model_name,
-                "dataset": DatasetRef.model_validate({k: v for k, v in dataset.items() if v is not None}).model_dump(
-                    exclude_none=True
-                ),
+                "dataset": {key: value for key, value in dataset.items() if value is not None},
                 "finetuneArgs": args.model_dump(exclude_none=True),
                 "gpuConfig": gpus.model_dump(),
                 "output": {"uri": f"{self.output_root.rstrip('/')}/{name}"},

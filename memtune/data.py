@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memtune import storage
 from memtune.spec import DatasetRef, is_remote
 
 DATASETS_FOLDER = "datasets"
 
 
-def memtune_home() -> str:
-    """Root of memtune's local caches (converted models, uploaded datasets)."""
-    return os.environ.get("MEMTUNE_HOME") or str(Path("~/.cache/memtune").expanduser())
+def memtune_home() -> Path:
+    """Root of memtune's local caches (converted models, uploaded datasets, fetched runs)."""
+    return Path(os.environ.get("MEMTUNE_HOME") or "~/.cache/memtune").expanduser()
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,8 @@ def dataset_id(examples: Sequence[Example]) -> str:
     return hashlib.sha256(canonical_bytes(examples)).hexdigest()
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root.removeprefix("file://"), *parts))
-
-
 def _read(uri: str) -> bytes:
     if is_remote(uri):
-        from memtune import storage  # fsspec/s3fs only when a remote URI is used
-
         return storage.read_bytes(uri)
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_file():
@@ -155,27 +150,17 @@ def read_examples(uri: str, input_key: str = "input", output_key: str = "output"
 
 def upload_examples(examples: Sequence[Example], store: str | None = None) -> str:
     """Store a dataset under its content address; the same data is written only once. Returns the id."""
-    root = store or memtune_home()
+    root = store or str(memtune_home())
     identifier = dataset_id(examples)
-    target = _join(root, DATASETS_FOLDER, f"{identifier}.jsonl")
-    if is_remote(root):
-        from memtune import storage
-
-        if not storage.exists(target):
-            storage.write_bytes(target, canonical_bytes(examples))
-        return identifier
-    path = Path(target).expanduser()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_bytes(canonical_bytes(examples))
-        temporary.replace(path)
+    target = storage.join_uri(root, DATASETS_FOLDER, f"{identifier}.jsonl")
+    if not storage.exists(target):
+        storage.write_bytes(target, canonical_bytes(examples))  # atomic locally, a single PUT on s3
     return identifier
 
 
 def load_by_id(identifier: str, store: str | None = None) -> list[Example]:
     """Read a stored dataset and check it still hashes to its id."""
-    uri = _join(store or memtune_home(), DATASETS_FOLDER, f"{identifier}.jsonl")
+    uri = storage.join_uri(store or str(memtune_home()), DATASETS_FOLDER, f"{identifier}.jsonl")
     raw = _read(uri)
     actual = hashlib.sha256(raw).hexdigest()
     if actual != identifier:

@@ -21,13 +21,14 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from memtune import storage
+from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import is_remote
 from memtune.trainer.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
 from memtune.trainer.encode import question_keys, tokenize_prompt
 from memtune.trainer.experts import ExpertHooks
 from memtune.trainer.memory import Memory
-from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model, memtune_home
+from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model
 
 
 @dataclass

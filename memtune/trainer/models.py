@@ -28,6 +28,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from memtune.data import memtune_home
+
 log = logging.getLogger(__name__)
 
 # Alias -> (Python package holding the GGUF, file name inside it).
@@ -54,10 +56,6 @@ class LoadedModel:
     """Digest over the folder's weight and tokenizer files (name + content), stable across machines."""
     path: Path
     """Folder the weights were loaded from."""
-
-
-def memtune_home() -> Path:
-    return Path(os.environ.get("MEMTUNE_HOME", "~/.cache/memtune")).expanduser()
 
 
 def folder_sha256(folder: Path) -> str:

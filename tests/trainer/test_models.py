@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
+from memtune.data import memtune_home
 from memtune.trainer import models
 
 
 def test_alias_is_converted_once_and_reloaded_from_the_cache(base, monkeypatch) -> None:
-    folder = models.memtune_home() / "models" / "smollm2-135m-instruct"
+    folder = memtune_home() / "models" / "smollm2-135m-instruct"
     assert base.path == folder
     assert (folder / "model.safetensors").is_file() and (folder / "sha256.txt").is_file()
     assert not list(folder.glob("*.gguf"))
