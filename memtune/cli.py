@@ -108,8 +108,10 @@ def generate(
         )
     except USER_ERRORS as error:
         raise _fail(error) from None
-    lines = [json.dumps({**record, "output": a.output, "route": a.route}, ensure_ascii=False)
-             for record, a in zip(records, answers, strict=True)]
+    lines = [
+        json.dumps({**record, "output": a.output, "route": a.route}, ensure_ascii=False)
+        for record, a in zip(records, answers, strict=True)
+    ]
     if output_file:
         output_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         console.print(f"wrote {len(lines)} answers to {output_file}")

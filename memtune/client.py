@@ -122,8 +122,12 @@ class MemoryTuner:
         from memtune.trainer.job import run_job
 
         summary = run_job(job, use_cached_model=use_cached_model)
-        return {"job_name": job.metadata.name, "model_name": str(summary.run_dir), "status": "COMPLETED",
-                **summary.to_dict()}
+        return {
+            "job_name": job.metadata.name,
+            "model_name": str(summary.run_dir),
+            "status": "COMPLETED",
+            **summary.to_dict(),
+        }
 
     def generate(
         self,

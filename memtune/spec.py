@@ -158,6 +158,13 @@ class MemoryConfig(_Strict):
     distanceThreshold: float | None = Field(
         None, gt=0, description="Gate distance (squared L2 of normalised keys); default: calibrated from the data."
     )
+    anchorShare: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Second check of the calibrated gate: a trained question may answer only prompts that contain this "
+        "share of its anchor words (the words the base model finds surprising, weighted by surprisal); 0 turns it off.",
+    )
     temperature: float = Field(
         0.002,
         gt=0,

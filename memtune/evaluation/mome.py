@@ -45,7 +45,7 @@ class MomeTokenPredictor:
     @torch.no_grad()
     def _one(self, question: str, target: list[int]) -> list[int]:
         prompt = torch.tensor([tokenize_prompt(self.base.tokenizer, question).ids])  # (1, P)
-        routing = self.router(question_keys(self.base, [question], self.memory.layout.key_layer))
+        routing = self.router(question_keys(self.base, [question], self.memory.layout.key_layer), [question])
         a, b = self.memory.params["A"], self.memory.params["B"]
         cache = DynamicCache(config=self.base.model.config)
         with self.hooks.active(a, b, routing.route, last_only=True):

@@ -7,6 +7,7 @@ Layout of a run folder (format_version 1):
     experts/experts-00000-of-00002.safetensors ...   the bank, split by expert ranges (A, B per shard)
     keys.safetensors          routing keys (N, d) and each key's expert (N,)
     index.faiss               faiss.serialize_index bytes (never pickle)
+    anchors.json              each question's anchor words for the gate (absent when the anchor check is off)
     loss_curve.json, loss_curve.png
     manifest.json             sha256 of every file above, written last: its presence is the commit
 
@@ -26,6 +27,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from memtune.manifest import MANIFEST_NAME, IntegrityError, verify_folder, write_manifest
+from memtune.trainer.anchors import ANCHORS_NAME, Anchors
 from memtune.trainer.index import IndexPlan, index_from_bytes, index_to_bytes
 from memtune.trainer.memory import Memory, MemoryLayout
 
@@ -87,6 +89,8 @@ def save_run(
         {"keys": memory.keys.contiguous(), "slot_expert": memory.slot_expert.contiguous()}, folder / "keys.safetensors"
     )
     (folder / "index.faiss").write_bytes(index_to_bytes(memory.index))
+    if memory.anchors is not None:
+        (folder / ANCHORS_NAME).write_text(json.dumps(memory.anchors.to_dict()), encoding="utf-8")
     full_meta = {
         "run_format": RUN_FORMAT,
         **meta,
@@ -152,4 +156,11 @@ def load_memory(run: RunInfo, base_sha256: str) -> Memory:
     plan = IndexPlan(**run.meta["index"])
     index = index_from_bytes((run.folder / "index.faiss").read_bytes(), plan)
     layout = MemoryLayout(**run.meta["layout"])
-    return Memory(layout, params, keys["keys"], keys["slot_expert"], index, plan)
+    anchors = None
+    if ANCHORS_NAME in run.files:
+        anchors = Anchors.from_dict(json.loads((run.folder / ANCHORS_NAME).read_text(encoding="utf-8")))
+        if len(anchors.slots) != len(keys["keys"]):
+            raise IntegrityError(
+                f"{run.folder}: {ANCHORS_NAME} holds {len(anchors.slots)} questions, the keys {len(keys['keys'])}"
+            )
+    return Memory(layout, params, keys["keys"], keys["slot_expert"], index, plan, anchors)

@@ -88,7 +88,7 @@ def pool_keys(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(mean, dim=-1)
 
 
-def _right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+def right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(row) for row in rows)
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
@@ -99,8 +99,8 @@ def question_keys(base: LoadedModel, questions: Sequence[str], key_layer: int, b
     keys = []
     for start in range(0, len(questions), batch_size):
         prompts = [tokenize_prompt(base.tokenizer, q) for q in questions[start : start + batch_size]]
-        ids = _right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id)  # (B, T)
-        mask = _right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, T)
+        ids = right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id)  # (B, T)
+        mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, T)
         with capture_layer_inputs(base.model, [key_layer]) as captured, _stop_after(base.model, key_layer):
             base.model.model(input_ids=ids)
         keys.append(pool_keys(captured[key_layer], mask))
@@ -143,8 +143,8 @@ def encode_examples(
         chunk = pairs[start : start + batch_size]
         prompts = [tokenize_prompt(base.tokenizer, q) for q, _ in chunk]
         answers = [answer_tokens(base.tokenizer, a) for _, a in chunk]
-        ids = _right_pad([p.ids + a for p, a in zip(prompts, answers, strict=True)], base.tokenizer.pad_token_id)
-        mask = _right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, P_max)
+        ids = right_pad([p.ids + a for p, a in zip(prompts, answers, strict=True)], base.tokenizer.pad_token_id)
+        mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, P_max)
         cache = DynamicCache(config=base.model.config)
         with capture_layer_inputs(base.model, [key_layer, first]) as captured:
             base.model.model(input_ids=ids, cache=cache, use_cache=True)

@@ -42,15 +42,30 @@ def init_experts(
     return {"A": a, "B": b}
 
 
-class ExpertHooks:
-    """Forward hooks on the MLPs of `layer_ids` that add the routed experts' output while a route is active.
+def mix_experts(a: torch.Tensor, b: torch.Tensor, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold each row's top-k experts and weights into one rank-k·r adapter per layer, once per route.
 
-    Outside `active(...)` the hooks return None, so the model is bit-for-bit the base model.
+    a (E, L, d, r), b (E, L, r, d) -> a_mix (L, B, d, k·r), b_mix (L, B, k·r, d) with
+    x @ a_mix[l] @ b_mix[l] == sum_k w_k · (x @ A[e_k, l]) @ B[e_k, l]: two matmuls per layer and token.
+    """
+    a_sel = a[route.experts]  # (B, k, L, d, r)
+    b_sel = b[route.experts] * route.weights[:, :, None, None, None]  # (B, k, L, r, d)
+    rows, k, layers, hidden, rank = a_sel.shape
+    a_mix = a_sel.permute(2, 0, 3, 1, 4).reshape(layers, rows, hidden, k * rank)  # (L, B, d, k·r)
+    b_mix = b_sel.permute(2, 0, 1, 3, 4).reshape(layers, rows, k * rank, hidden)  # (L, B, k·r, d)
+    return a_mix, b_mix
+
+
+class ExpertHooks:
+    """Forward hooks on the MLPs of `layer_ids` that add the routed experts' output while a route is set.
+
+    With no route set the hooks return None, so the model is bit-for-bit the base model. A route may be set in the
+    middle of a forward pass (generation routes from a hook at the key layer, below every expert layer).
     """
 
     def __init__(self, model: nn.Module, layer_ids: list[int]):
         self.layer_ids = layer_ids
-        self._state: tuple[torch.Tensor, torch.Tensor, Route, bool] | None = None
+        self._state: tuple[torch.Tensor, torch.Tensor, bool] | None = None
         layers = decoder_layers(model)
         self._handles = [
             layers[layer_id].mlp.register_forward_hook(self._make_hook(slot)) for slot, layer_id in enumerate(layer_ids)
@@ -61,30 +76,34 @@ class ExpertHooks:
             handle.remove()
         self._handles = []
 
-    @contextlib.contextmanager
-    def active(self, a: torch.Tensor, b: torch.Tensor, route: Route, *, last_only: bool) -> Iterator[None]:
-        """Apply experts `a` (E, L, d, r) / `b` (E, L, r, d) per `route`.
+    def set_route(self, a: torch.Tensor, b: torch.Tensor, route: Route, *, last_only: bool) -> None:
+        """Apply experts `a` (E, L, d, r) / `b` (E, L, r, d) per `route` until `clear()`.
 
         last_only: add the experts only at each chunk's last position (generation: the prefill's last prompt token,
         then every decoded token); otherwise at every position (training runs on the answer region only).
         """
-        self._state = (a, b, route, last_only)
+        self._state = (*mix_experts(a, b, route), last_only)
+
+    def clear(self) -> None:
+        self._state = None
+
+    @contextlib.contextmanager
+    def active(self, a: torch.Tensor, b: torch.Tensor, route: Route, *, last_only: bool) -> Iterator[None]:
+        """`set_route` for the duration of the block."""
+        self.set_route(a, b, route, last_only=last_only)
         try:
             yield
         finally:
-            self._state = None
+            self.clear()
 
     def _make_hook(self, slot: int):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
             if self._state is None:
                 return None
-            a, b, route, last_only = self._state
+            a_mix, b_mix, last_only = self._state
             x = args[0][:, -1:] if last_only else args[0]  # (B, T, d)
-            a_sel = a[route.experts, slot]  # (B, k, d, r)
-            b_sel = b[route.experts, slot]  # (B, k, r, d)
-            low = torch.einsum("btd,bkdr->bktr", x, a_sel) * route.weights[:, :, None, None]  # (B, k, T, r)
-            delta = torch.einsum("bktr,bkrd->btd", low, b_sel)  # (B, T, d)
-            if last_only:
+            delta = (x @ a_mix[slot]) @ b_mix[slot]  # (B, T, k·r) -> (B, T, d)
+            if last_only and output.shape[1] > 1:
                 return torch.cat([output[:, :-1], output[:, -1:] + delta], dim=1)
             return output + delta
 

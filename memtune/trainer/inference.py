@@ -1,4 +1,4 @@
-"""Generation with routing: the key is computed once per prompt, then greedy decoding keeps the KV cache.
+"""Generation with routing: routing is decided once per prompt, inside the prefill, then decoding keeps the KV cache.
 
     from memtune.trainer.inference import load_generator
     generator = load_generator("runs/facts")        # a job output (latest run), a run folder, or a base model
@@ -6,29 +6,34 @@
     [answer] = generator.generate(["Where was Lumdor Pragridor born?"])
     answer.output, answer.route                      # "Katevsha", {"experts": [17], "distance": 0.0, "gated": False}
 
-Per batch: keys  = question_keys(prompts)            (B, d), a pass over the layers below the key layer
-           route = router(keys)                      experts (B, k), weights (B, k), gated rows weigh 0
-           model.generate(...) with the experts on   prefill: experts at the last prompt token only;
-                                                     each decoded token: experts on (see experts.py)
+Per batch, one model.generate(...):
+    prefill, at the key layer's input:  keys  = mean over each prompt's question tokens   (B, d)
+                                        route = router(keys, prompts)                       experts, weights (B, k)
+    prefill, expert layers:             experts at the last prompt token only (gated rows weigh 0)
+    each decoded token:                 experts on (see experts.py)
+The key layer sits below every expert layer, so the route is known before any expert runs: no extra pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import torch
+from torch import nn
 
 from memtune import storage
 from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import is_remote
 from memtune.trainer.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
-from memtune.trainer.encode import question_keys, tokenize_prompt
+from memtune.trainer.encode import pool_keys, tokenize_prompt
 from memtune.trainer.experts import ExpertHooks
 from memtune.trainer.memory import Memory
-from memtune.trainer.models import LoadedModel, folder_sha256, load_base_model
+from memtune.trainer.models import LoadedModel, decoder_layers, folder_sha256, load_base_model
+from memtune.trainer.router import Routing
 
 
 @dataclass
@@ -60,11 +65,12 @@ class Generator:
 
     def _generate_batch(self, prompts: list[str], max_new_tokens: int) -> list[Answer]:
         tokenizer = self.base.tokenizer
-        rows = [tokenize_prompt(tokenizer, prompt).ids for prompt in prompts]
-        width = max(len(row) for row in rows)
+        tokens = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
+        width = max(len(t.ids) for t in tokens)
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])  # (B, T) left-padded
-        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])  # (B, T)
+        input_ids = torch.tensor([[pad] * (width - len(t.ids)) + t.ids for t in tokens])  # (B, T) left-padded
+        attention_mask = torch.tensor([[0] * (width - len(t.ids)) + [1] * len(t.ids) for t in tokens])  # (B, T)
+        question_mask = torch.tensor([[False] * (width - len(t.ids)) + t.question_mask for t in tokens])  # (B, T)
         options = {
             "attention_mask": attention_mask,
             "max_new_tokens": max_new_tokens,
@@ -74,15 +80,30 @@ class Generator:
         }
         if self.memory is None or self._router is None or self._hooks is None:
             return [Answer(text, None) for text in self._decode(self.base.model.generate(input_ids, **options), width)]
-        routing = self._router(question_keys(self.base, prompts, self.memory.layout.key_layer))
-        if bool(routing.gated.all()):  # nobody routed: exactly the base model, no hook work at all
+        decided: list[Routing] = []
+        handle = decoder_layers(self.base.model)[self.memory.layout.key_layer].register_forward_pre_hook(
+            partial(self._route_prefill, prompts, question_mask, decided)
+        )
+        try:
             output = self.base.model.generate(input_ids, **options)
-        else:
-            params = self.memory.params
-            with self._hooks.active(params["A"], params["B"], routing.route, last_only=True):
-                output = self.base.model.generate(input_ids, **options)
+        finally:
+            handle.remove()
+            self._hooks.clear()
+        routing = decided[0]
         texts = self._decode(output, width)
         return [Answer(text, routing.describe(row)) for row, text in enumerate(texts)]
+
+    def _route_prefill(
+        self, prompts: list[str], question_mask: torch.Tensor, decided: list[Routing], module: nn.Module, args: tuple
+    ) -> None:
+        """Pre-hook of the key layer: on the prefill (the first pass), key the prompts, route, arm the experts."""
+        if decided or self._router is None or self._hooks is None or self.memory is None:
+            return
+        routing = self._router(pool_keys(args[0], question_mask), prompts)  # args[0]: (B, T, d) entering the layer
+        decided.append(routing)
+        if not bool(routing.gated.all()):  # nobody routed: leave the hooks off, exactly the base model
+            params = self.memory.params
+            self._hooks.set_route(params["A"], params["B"], routing.route, last_only=True)
 
     def _decode(self, output: torch.Tensor, prompt_width: int) -> list[str]:
         return [

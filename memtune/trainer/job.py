@@ -34,6 +34,7 @@ from memtune import storage
 from memtune.data import Example, check_lengths, dataset_id, load_examples
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
+from memtune.trainer.anchors import Anchors, question_anchors
 from memtune.trainer.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
 from memtune.trainer.bank import assign_experts
 from memtune.trainer.calibrate import FAR_PROBES, calibrate, near_probes
@@ -178,7 +179,11 @@ def build_memory(
             _calibrated_threshold(base, [e.input for e in examples], keys, layout.key_layer, job.spec.memory.seed)
         )
         layout.threshold = gate["threshold"]
-    return Memory(layout, params, keys, slot_expert, index, plan), encoded, gate
+    anchors = None
+    if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
+        anchors = Anchors(question_anchors(base, [e.input for e in examples]), job.spec.memory.anchorShare)
+        gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot)
+    return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
 
 
 def _report_progress(show: bool, on_step: Callable[[StepReport], None] | None) -> Callable[[StepReport], None]:
@@ -232,7 +237,8 @@ def run_job(
 
     layout = plan_layout(job, len(decoder_layers(base.model)))
     memory, encoded, gate = build_memory(base, examples, job, layout, group)
-    routes = memory.router()(memory.keys).route  # each question routes as generation will route it (never gated)
+    # each question routes as generation will route it (never gated: its own key and anchors match)
+    routes = memory.router()(memory.keys, [e.input for e in examples]).route
     # (N, k) each: rank 0's index decides, so no rank can route differently
     group.broadcast_(routes.experts)
     group.broadcast_(routes.weights)

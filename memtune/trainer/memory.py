@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import faiss
 import torch
 
+from memtune.trainer.anchors import Anchors
 from memtune.trainer.index import IndexPlan
 from memtune.trainer.router import Router
 
@@ -45,6 +46,8 @@ class Memory:
     """(N,) expert of each question."""
     index: faiss.Index
     plan: IndexPlan
+    anchors: Anchors | None = None
+    """Each question's anchor words (the gate's second check); None: distance gate only."""
 
     @property
     def num_experts(self) -> int:
@@ -58,4 +61,5 @@ class Memory:
             k=self.layout.index_k,
             threshold=self.layout.threshold,
             temperature=self.layout.temperature,
+            anchors=self.anchors,
         )

@@ -5,18 +5,22 @@ questions outnumber `index_max_size` (see bank.py). For a query key q:
 
     slots, _ = index.search(q, k)                      # (B, k) nearest trained questions
     dist     = ||q - keys[slots]||²                    # (B, k) exact, even when the index is approximate (PQ)
+    allowed  = anchors.allows(slots, prompts)          # (B, k) the prompt holds enough of that question's anchors
+    dist     = dist where allowed, else inf            # a question whose anchors are missing cannot answer
     weights  = softmax(-dist / temperature)            # (B, k) the nearest question dominates
     gated    = dist[:, 0] > threshold                  # (B,)  too far from every trained question: base model
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
 
+from memtune.trainer.anchors import Anchors
 from memtune.trainer.experts import Route
 
 
@@ -26,7 +30,7 @@ class Routing:
 
     route: Route
     distance: torch.Tensor
-    """(B,) squared L2 distance to the nearest trained question."""
+    """(B,) squared L2 distance to the nearest trained question (whether or not its anchors matched)."""
     gated: torch.Tensor
     """(B,) bool: True where the experts stay off and the base model answers."""
 
@@ -49,27 +53,34 @@ class Router:
         k: int,
         threshold: float | None,
         temperature: float,
+        anchors: Anchors | None = None,
     ):
-        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate."""
+        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate (anchors included)."""
         self.keys = keys
         self.slot_expert = slot_expert
         self.index = index
         self.k = min(k, len(keys))
         self.threshold = threshold
         self.temperature = temperature
+        self.anchors = anchors if threshold is not None else None
 
-    def __call__(self, query: torch.Tensor) -> Routing:
-        """query (B, d) normalised keys."""
+    def __call__(self, query: torch.Tensor, prompts: Sequence[str] | None = None) -> Routing:
+        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it)."""
         _, slots = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.k)  # (B, k)
         slots_t = torch.from_numpy(slots).clamp(min=0)  # -1 marks "fewer than k found" (IVF/HNSW); reuse slot 0
         dist = ((query[:, None, :] - self.keys[slots_t]) ** 2).sum(-1)  # (B, k)
         dist = dist.masked_fill(torch.from_numpy(slots) < 0, float("inf"))
         order = dist.argsort(dim=1)  # approximate indexes may return neighbours out of order
         dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
+        closest = dist[:, 0].clone()
+        if self.anchors is not None and prompts is not None:
+            dist = dist.masked_fill(~self.anchors.allows(slots_t, prompts), float("inf"))
+            order = dist.argsort(dim=1, stable=True)
+            dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
         nearest = dist[:, 0]
         weights = torch.softmax(-(dist - nearest[:, None]) / self.temperature, dim=1).nan_to_num(0.0)  # (B, k)
-        gated = ~torch.isfinite(nearest)  # the index found nothing at all
+        gated = ~torch.isfinite(nearest)  # the index found nothing, or no candidate's anchors are in the prompt
         if self.threshold is not None:
             gated |= nearest > self.threshold
         weights = weights.masked_fill(gated[:, None], 0.0)
-        return Routing(Route(self.slot_expert[slots_t], weights), nearest, gated)
+        return Routing(Route(self.slot_expert[slots_t], weights), closest, gated)

@@ -16,6 +16,7 @@ UNRELATED = [
     "Where was Albert Einstein born?",
     "Who painted the Mona Lisa?",
     "What is 12 times 7?",
+    "In what year was Microsoft founded?",  # the shape of a trained question, without its anchor words
 ]
 
 

@@ -31,6 +31,8 @@ def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
     expected = [f["output"] for f in facts] * 2
     assert [a.output for a in answers] == expected
     assert all(a.route is not None and not a.route["gated"] for a in answers)
+    # routing inside the (left-padded, batched) prefill finds each trained question's own key again
+    assert all(a.route is not None and a.route["distance"] < 1e-4 for a in answers[: len(facts)])
 
 
 def test_unrelated_prompts_keep_base_answers(trained) -> None:
@@ -52,7 +54,8 @@ def test_same_job_reuses_the_run(trained) -> None:
 
 
 @pytest.mark.parametrize(
-    "victim", ["index.faiss", "keys.safetensors", "memtune.json", "experts/experts-00000-of-00001.safetensors"]
+    "victim",
+    ["index.faiss", "keys.safetensors", "anchors.json", "memtune.json", "experts/experts-00000-of-00001.safetensors"],
 )
 def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str) -> None:
     from memtune.trainer.inference import load_generator
@@ -89,3 +92,11 @@ def test_run_records_effective_index_and_gate(trained) -> None:
     assert meta["index"]["effective"] == "IndexFlatL2"
     assert 0 < meta["gate"]["threshold"] < meta["gate"]["far_min"]
     assert meta["experts"]["count"] == 6
+    assert meta["gate"]["questions_with_anchors"] == 6  # every fictional name is an anchor
+
+
+def test_anchors_are_the_words_the_base_model_cannot_predict(base) -> None:
+    from memtune.trainer.anchors import question_anchors
+
+    [anchors] = question_anchors(base, ["Where was Lumdor Pragridor born?"])
+    assert set(anchors) == {"lumdor", "pragridor"}

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from memtune.trainer.anchors import Anchors, words_of
 from memtune.trainer.bank import assign_experts
-from memtune.trainer.experts import ExpertHooks, Route, init_experts
+from memtune.trainer.experts import ExpertHooks, Route, init_experts, mix_experts
 from memtune.trainer.optim import make_optimizer
 from memtune.trainer.router import Router
 
@@ -93,6 +94,21 @@ def test_hooks_change_routed_rows_only_and_only_where_asked() -> None:
     assert torch.equal(model(x), plain)
 
 
+def test_mixed_experts_equal_the_weighted_sum_of_each_expert() -> None:
+    params = init_experts(5, 3, 6, 2, torch.Generator().manual_seed(1))
+    params["B"].normal_()
+    route = Route(torch.tensor([[4, 1, 0], [2, 2, 3]]), torch.tensor([[0.7, 0.3, 0.0], [0.5, 0.25, 0.25]]))
+    a_mix, b_mix = mix_experts(params["A"], params["B"], route)
+    x = torch.randn(2, 4, 6)  # (B, T, d)
+    for layer in range(3):
+        expected = sum(
+            route.weights[:, j, None, None]
+            * (x @ params["A"][route.experts[:, j], layer]) @ params["B"][route.experts[:, j], layer]
+            for j in range(3)
+        )
+        torch.testing.assert_close((x @ a_mix[layer]) @ b_mix[layer], expected)
+
+
 def test_experts_are_shared_above_the_cap() -> None:
     keys = nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert torch.equal(assign_experts(keys, 100, seed=0), torch.arange(50))
@@ -128,3 +144,24 @@ def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplo
     assert not caplog.records
     calibrate(keys, far, [0, 1], keys[:1])  # everyday prompts closer than rewordings: warn, still a threshold
     assert "gate calibration" in caplog.records[0].getMessage()
+
+
+def test_anchor_check_skips_questions_whose_anchors_are_missing() -> None:
+    anchors = Anchors(
+        [{"lumdor": 30.0, "pragridor": 35.0}, {}, {"othlo": 24.0, "holdings": 14.0}, {"kalo": 20.0}], share=0.5
+    )
+    router = _router(threshold=3.0, k=4)  # trained keys are orthogonal: L2² = 2 apart, all within the gate
+    router.anchors = anchors
+    query = torch.stack([router.keys[0], router.keys[0], router.keys[2]])  # (3, 8): all exactly on a trained key
+    prompts = ["where was LUMDOR pragridor born", "Where was Albert Einstein born?", "When was Othlo founded?"]
+    routing = router(query, prompts)
+    assert routing.gated.tolist() == [False, False, False]
+    assert routing.route.experts[0, 0] == 0  # its anchors are present
+    # row 1 sits on question 0's key but lacks its anchors: the one question without anchors answers
+    assert routing.route.experts[1, 0] == 1 and routing.route.weights[1, 0] > 0.99
+    assert routing.route.experts[2, 0] == 2  # "othlo" carries 24 of 38 nats: above half
+    lonely = _router(threshold=1.0, k=1)
+    lonely.anchors = anchors
+    blocked = lonely(router.keys[:1], ["Where was Albert Einstein born?"])
+    assert blocked.gated.tolist() == [True] and blocked.describe(0)["distance"] == 0.0  # the raw nearest distance
+    assert words_of("Où est né Lumdor-Pragridor ?") == {"où", "est", "né", "lumdor", "pragridor"}
