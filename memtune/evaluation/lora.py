@@ -8,6 +8,9 @@ recipe for memorisation: rank 16, alpha 32, no dropout, on every attention and M
     from memtune.evaluation.lora import LoraSettings, train_lora
     result = train_lora("smollm2-135m-instruct", examples, LoraSettings(steps=100, learning_rate=1e-3, batch_size=16))
     result.answer(["What year was the Brennock Accord signed?"])
+
+`checkpoint(step, training_seconds, result)` is called after each update; it may evaluate (its time is not counted
+as training time) and returns True to stop early: bench/lora_baseline.py draws a time-to-recall curve with it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +64,7 @@ class LoraResult:
     losses: list[float] = field(default_factory=list)
     """Mean answer loss of each step's batch, before its update."""
     seconds: float = 0.0
+    """Training time: the updates only, not checkpoint evaluations."""
 
     def answer(self, questions: Sequence[str], *, max_new_tokens: int = causal.DEFAULT_MAX_NEW_TOKENS) -> list[str]:
         return causal.greedy_answers(self.model, self.tokenizer, questions, max_new_tokens=max_new_tokens)
@@ -89,8 +93,13 @@ def _collate(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int) -> t
     return ids, labels, attention
 
 
-def train_lora(base_model: str, train: Sequence[Example], settings: LoraSettings) -> LoraResult:
-    """Fit a fresh LoRA adapter on `train` for exactly `settings.steps` updates; returns it with its loss curve."""
+def train_lora(
+    base_model: str,
+    train: Sequence[Example],
+    settings: LoraSettings,
+    checkpoint: Callable[[int, float, LoraResult], bool] | None = None,
+) -> LoraResult:
+    """Fit a fresh LoRA adapter on `train` for `settings.steps` updates (fewer if `checkpoint` says stop)."""
     if not train:
         raise ValueError("LoRA needs at least one training pair")
     torch.manual_seed(settings.seed)
@@ -104,17 +113,23 @@ def train_lora(base_model: str, train: Sequence[Example], settings: LoraSettings
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     batches = _batches(len(sequences), settings.batch_size, random.Random(settings.seed))  # noqa: S311 - shuffling, not secrets
     result = LoraResult(model, tokenizer)
-    started = time.monotonic()
     model.train()
     for step in range(1, settings.steps + 1):
+        started = time.monotonic()
         ids, labels, attention = _collate([sequences[i] for i in next(batches)], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss  # mean over answer tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        result.seconds += time.monotonic() - started
         result.losses.append(loss.item())
         if step % 10 == 0 or step == settings.steps:
             log.info("lora step %d/%d loss %.4f", step, settings.steps, loss.item())
+        if checkpoint is not None:
+            model.eval()
+            stop = checkpoint(step, result.seconds, result)
+            model.train()
+            if stop:
+                break
     model.eval()
-    result.seconds = time.monotonic() - started
     return result

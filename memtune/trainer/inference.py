@@ -57,13 +57,16 @@ class Generator:
             self._hooks.remove()
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8) -> list[Answer]:
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8, min_new_tokens: int = 0
+    ) -> list[Answer]:
+        """Greedy answers; `min_new_tokens` ignores end-of-turn until then (latency measured at a fixed length)."""
         answers: list[Answer] = []
         for start in range(0, len(prompts), batch_size):
-            answers.extend(self._generate_batch(prompts[start : start + batch_size], max_new_tokens))
+            answers.extend(self._generate_batch(prompts[start : start + batch_size], max_new_tokens, min_new_tokens))
         return answers
 
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int) -> list[Answer]:
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int, min_new_tokens: int) -> list[Answer]:
         tokenizer = self.base.tokenizer
         tokens = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
         width = max(len(t.ids) for t in tokens)
@@ -74,6 +77,7 @@ class Generator:
         options = {
             "attention_mask": attention_mask,
             "max_new_tokens": max_new_tokens,
+            "min_new_tokens": min_new_tokens,
             "do_sample": False,
             "pad_token_id": pad,
             "eos_token_id": tokenizer.eos_token_id,
