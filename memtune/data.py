@@ -187,3 +187,28 @@ def check_lengths(examples: Sequence[Example], count_tokens: Callable[[Example],
             problems.append((example.line, f"{tokens} tokens exceed max_length {max_length}"))
     if problems:
         raise DatasetError("dataset", problems)
+
+
+@dataclass(frozen=True)
+class Deduplicated:
+    """One example per distinct question: what a memory can hold (one answer per question)."""
+
+    examples: list[Example]
+    """In first-appearance order, each carrying the answer of the question's *last* line."""
+    repeated: int
+    """Lines that repeat an earlier line's question and answer exactly (merged, nothing lost)."""
+    conflicts: list[tuple[str, list[int]]]
+    """(question, its lines) for questions given different answers: the last line wins, like an update."""
+
+
+def deduplicate(examples: Sequence[Example]) -> Deduplicated:
+    """Merge lines that ask the same question (same text after stripping); a later answer supersedes an earlier one."""
+    latest: dict[str, Example] = {}
+    lines: dict[str, list[Example]] = {}
+    for example in examples:
+        question = example.input.strip()
+        latest[question] = example
+        lines.setdefault(question, []).append(example)
+    repeated = sum(len(group) - len({e.output for e in group}) for group in lines.values())
+    conflicts = [(q, [e.line for e in group]) for q, group in lines.items() if len({e.output for e in group}) > 1]
+    return Deduplicated(list(latest.values()), repeated, conflicts)

@@ -9,8 +9,10 @@ import pytest
 from memtune import data
 from memtune.spec import DatasetRef
 
-GOOD = [{"input": "Who won the 2031 Tellurian Chess Open?", "output": "Anneke Voss", "source": "x"},
-        {"input": "What year was the Brennock Accord signed?", "output": "1847"}]
+GOOD = [
+    {"input": "Who won the 2031 Tellurian Chess Open?", "output": "Anneke Voss", "source": "x"},
+    {"input": "What year was the Brennock Accord signed?", "output": "1847"},
+]
 
 
 def write_jsonl(path, records):
@@ -20,13 +22,13 @@ def write_jsonl(path, records):
 
 def test_every_bad_line_is_reported_by_number_in_one_error(tmp_path):
     lines = [
-        json.dumps(GOOD[0]),                        # 1 fine
-        "{not json",                                # 2
-        json.dumps({"input": "q"}),                 # 3 missing output
-        "",                                         # 4 blank lines are skipped, numbering is kept
+        json.dumps(GOOD[0]),  # 1 fine
+        "{not json",  # 2
+        json.dumps({"input": "q"}),  # 3 missing output
+        "",  # 4 blank lines are skipped, numbering is kept
         json.dumps({"input": "q", "output": " "}),  # 5 empty output
-        json.dumps(["input", "output"]),            # 6 not an object
-        json.dumps({"input": 3, "output": "a"}),    # 7 wrong type
+        json.dumps(["input", "output"]),  # 6 not an object
+        json.dumps({"input": 3, "output": "a"}),  # 7 wrong type
     ]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -34,8 +36,13 @@ def test_every_bad_line_is_reported_by_number_in_one_error(tmp_path):
         data.read_examples(str(path))
     assert [line for line, _ in caught.value.problems] == [2, 3, 5, 6, 7]
     message = str(caught.value)
-    for words in ("line 2: not valid JSON", "line 3: missing key 'output'", "line 5: empty 'output'",
-                  "line 6: expected a JSON object", "line 7: 'input' must be a string"):
+    for words in (
+        "line 2: not valid JSON",
+        "line 3: missing key 'output'",
+        "line 5: empty 'output'",
+        "line 6: expected a JSON object",
+        "line 7: 'input' must be a string",
+    ):
         assert words in message
 
 
@@ -112,3 +119,22 @@ def test_question_files_keep_their_fields_and_name_bad_lines(tmp_path):
     assert [line for line, _ in caught.value.problems] == [3, 4, 5]
     path.write_text('{"input": "Q1?", "id": 7}\n', encoding="utf-8")
     assert data.read_question_records(path) == [{"input": "Q1?", "id": 7}]
+
+
+def test_deduplicate_keeps_one_answer_per_question_the_last_line_winning() -> None:
+    from memtune.data import Example, deduplicate
+
+    examples = [
+        Example("Where is X?", "A", 1),
+        Example("Who is Y?", "B", 2),
+        Example("Where is X? ", "A", 3),  # same question (whitespace), same answer: merged
+        Example("Where is X?", "C", 4),  # a later, different answer supersedes
+    ]
+    unique = deduplicate(examples)
+    assert [(e.input.strip(), e.output, e.line) for e in unique.examples] == [
+        ("Where is X?", "C", 4),
+        ("Who is Y?", "B", 2),
+    ]
+    assert unique.repeated == 1
+    assert unique.conflicts == [("Where is X?", [1, 3, 4])]
+    assert deduplicate(examples[:2]).conflicts == [] and deduplicate(examples[:2]).repeated == 0

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from memtune import storage
-from memtune.data import Example, check_lengths, dataset_id, load_examples
+from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.anchors import Anchors, question_anchors
@@ -186,6 +186,23 @@ def build_memory(
     return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
 
 
+def _one_answer_per_question(examples: list[Example]) -> list[Example]:
+    """A memory holds one answer per question: merge repeated lines, let a later answer supersede an earlier one."""
+    unique = deduplicate(examples)
+    if unique.repeated:
+        log.info("%d lines repeat an earlier question and answer exactly; merged", unique.repeated)
+    if unique.conflicts:
+        shown = "; ".join(f"{question!r} (lines {', '.join(map(str, at))})" for question, at in unique.conflicts[:5])
+        more = f"; and {len(unique.conflicts) - 5} more" if len(unique.conflicts) > 5 else ""
+        log.warning(
+            "%d questions are given different answers on different lines; each keeps its last line's answer: %s%s",
+            len(unique.conflicts),
+            shown,
+            more,
+        )
+    return unique.examples
+
+
 def _report_progress(show: bool, on_step: Callable[[StepReport], None] | None) -> Callable[[StepReport], None]:
     def report(step: StepReport) -> None:
         if on_step is not None:
@@ -235,6 +252,8 @@ def run_job(
             time.perf_counter() - started,
         )
 
+    lines = len(examples)
+    examples = _one_answer_per_question(examples)
     layout = plan_layout(job, len(decoder_layers(base.model)))
     memory, encoded, gate = build_memory(base, examples, job, layout, group)
     # each question routes as generation will route it (never gated: its own key and anchors match)
@@ -269,7 +288,13 @@ def run_job(
     run_id = storage.new_run_id()
     remote = is_remote(spec.output.uri)
     folder = (_scratch_runs() if remote else runs_dir(spec.output.uri)) / run_id
-    metrics = {"steps": result.steps, "final_loss": result.final_loss, "recall": recall, "examples": len(examples)}
+    metrics = {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "recall": recall,
+        "examples": lines,
+        "questions": len(examples),
+    }
     meta = {
         "base_model": {"id": spec.baseModel, "sha256": base.sha256},
         "dataset_id": data_id,
