@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from facts import UNRELATED, make_facts
 
-from memtune.data import Example, deduplicate
 from memtune.spec import parse_job
 from memtune.trainer.inference import Generator, load_generator
 from memtune.trainer.job import run_job
@@ -52,9 +51,7 @@ def load_set(name: str, count: int) -> BenchSet:
     if name == "text2sql":
         path = SHARED / "text2sql-nba" / "training_data" / "generated_queries_v2.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()][:count]
-        # 226 lines ask 122 questions: a memory holds one answer per question (the last line's, as the job does)
-        unique = deduplicate([Example(r["question"], r["sql"], n) for n, r in enumerate(rows, start=1)]).examples
-        return BenchSet([{"input": e.input, "output": e.output} for e in unique], UNRELATED)
+        return BenchSet([{"input": r["question"], "output": r["sql"]} for r in rows], UNRELATED)
     raise SystemExit(f"unknown data set {name!r}")
 
 
@@ -99,6 +96,8 @@ def main() -> None:
     out = options.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     bench = load_set(options.data, options.count)
+    # A memory holds one answer per question, the last line's (as run_job does): text-to-SQL's 226 lines ask 122.
+    bench.facts = list({fact["input"].strip(): fact for fact in bench.facts}.values())
     data = out / "facts.jsonl"
     data.write_text("".join(json.dumps({"input": f["input"], "output": f["output"]}) + "\n" for f in bench.facts))
     job = parse_job(
