@@ -39,6 +39,12 @@ def arguments(description: str, max_new_tokens: int = 64) -> argparse.Namespace:
         default=None,
         help="LoRA steps (default: the MoME job's max_steps, i.e. equal steps)",
     )
+    parser.add_argument(
+        "--lora-lr",
+        type=float,
+        default=1e-3,
+        help="LoRA's learning rate (its usual one; the experts' 1e-2 makes a full-model LoRA diverge)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--fresh", action="store_true", help="retrain the MoME job even if a cached run matches")
     parser.add_argument(
@@ -57,9 +63,10 @@ def train_mome(job: MemoryTuningJob, fresh: bool) -> dict[str, object]:
     return run_job(job, use_cached_model=not fresh, show_progress=True).to_dict()
 
 
-def lora_settings(job: MemoryTuningJob, steps: int | None) -> LoraSettings:
-    matching = LoraSettings.matching(job.spec)
-    return matching if steps is None else replace(matching, steps=steps)
+def lora_settings(job: MemoryTuningJob, args: argparse.Namespace) -> LoraSettings:
+    """The job's footing (steps, examples per step, seed) at LoRA's own learning rate."""
+    matching = LoraSettings.matching(job.spec, args.lora_lr)
+    return matching if args.lora_steps is None else replace(matching, steps=args.lora_steps)
 
 
 def _previous_rows(folder: Path, rerun: Sequence[str]) -> dict[str, list[MethodScore]]:

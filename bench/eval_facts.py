@@ -28,7 +28,7 @@ def main() -> None:
         base_model=job.spec.baseModel,
         train=train,
         mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args.lora_steps),
+        lora=lora_settings(job, args),
         max_new_tokens=args.max_new_tokens,
         teacher_forced=True,
     )

@@ -81,7 +81,7 @@ def main() -> None:
         base_model=job.spec.baseModel,
         train=train,
         mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args.lora_steps),
+        lora=lora_settings(job, args),
         system=SYSTEM,
         max_new_tokens=args.max_new_tokens,
         db=NBA / "nba_roster.db",

@@ -138,8 +138,9 @@ def main() -> None:
                 "dataset": {"uri": str(edits)},
                 "output": {"uri": str(Path("runs") / "zsre-clean")},
                 "finetuneArgs": {
-                    "max_steps": 300,
-                    "learning_rate": 9.0e-4,
+                    "max_steps": 500,  # the README's recipe for hundreds of facts
+                    "learning_rate": 1.0e-2,
+                    "r_value": 16,
                     "gradient_accumulation_steps": 1,
                     "max_length": 256,
                     "index_method": "IndexFlatL2",
@@ -157,7 +158,7 @@ def main() -> None:
         base_model=job.spec.baseModel,
         train=reliability,
         mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args.lora_steps),
+        lora=lora_settings(job, args),
         max_new_tokens=args.max_new_tokens,
         teacher_forced=True,
         batch_size=16,

@@ -22,6 +22,7 @@ from rich.table import Table
 from memtune import data
 from memtune.evaluation.prompts import DEFAULT_SYSTEM
 from memtune.evaluation.scoring import MethodScore
+from memtune.evaluation.sweep import DEFAULT_RATES
 from memtune.manifest import IntegrityError
 from memtune.spec import DEFAULT_BASE_MODEL, MemoryTuningJob, SpecError, load_job_file, resolve_local_paths
 
@@ -149,7 +150,7 @@ def evaluate(
 def sweep(
     job_file: Annotated[Path, typer.Argument(help="MemoryTuningJob manifest to sweep.", exists=True, dir_okay=False)],
     report_dir: Annotated[Path, typer.Option(help="Folder for report.md, loss.png and trials.json.")],
-    rates: Annotated[str, typer.Option(help="Comma-separated learning rates.")] = "1e-4,3e-4,9e-4,3e-3",
+    rates: Annotated[str, typer.Option(help="Comma-separated learning rates.")] = DEFAULT_RATES,
     steps: Annotated[int | None, typer.Option(min=1, help="Steps per trial (default: min(job's, 100)).")] = None,
     max_examples: Annotated[int | None, typer.Option(min=1, help="Train each trial on the first N pairs.")] = None,
 ) -> None:

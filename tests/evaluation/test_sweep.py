@@ -43,8 +43,14 @@ def test_trial_job_changes_only_the_swept_fields(tmp_path):
 
 
 def test_best_trial_is_lowest_loss_then_highest_recall_and_never_nan():
-    trials = [trial(1e-4, 0.9), trial(9e-4, 0.01, 0.9), trial(3e-3, 0.01, 1.0), trial(1e-2, math.nan)]
+    trials = [trial(1e-4, 0.9), trial(9e-4, 0.01, 0.9), trial(3e-3, 0.01, 0.95), trial(1e-2, math.nan)]
     assert best_trial(trials).learning_rate == 3e-3
+
+
+def test_best_trial_prefers_full_recall_in_fewest_steps():
+    slow = trial(3e-3, 0.012, 1.0, curve=(1.0, 0.5, 0.1, 0.012))
+    fast = trial(1e-2, 0.018, 1.0, curve=(1.0, 0.018))  # stopped early: every fact below stopLoss
+    assert best_trial([slow, fast, trial(9e-4, 0.005, 0.9)]).learning_rate == 1e-2
     with pytest.raises(ValueError, match="every trial diverged"):
         best_trial([trial(1e-2, math.nan)])
 
@@ -52,6 +58,6 @@ def test_best_trial_is_lowest_loss_then_highest_recall_and_never_nan():
 def test_sweep_report(tmp_path):
     path = write_sweep_report([trial(1e-4, 0.9, 0.2), trial(9e-4, 0.05, 1.0)], tmp_path, "facts")
     text = path.read_text()
-    assert "| 0.0009 **best** | 0.05 | 100.0% |" in text and "Best learning rate: **0.0009**" in text
+    assert "| 0.0009 **best** | 0.05 | 100.0% |" in text and "Best learning rate: **0.0009** (every fact" in text
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert [t["learning_rate"] for t in json.loads((tmp_path / "trials.json").read_text())] == [1e-4, 9e-4]

@@ -100,3 +100,16 @@ def test_anchors_are_the_words_the_base_model_cannot_predict(base) -> None:
 
     [anchors] = question_anchors(base, ["Where was Lumdor Pragridor born?"])
     assert set(anchors) == {"lumdor", "pragridor"}
+
+
+def test_sweep_runs_the_engine_once_per_rate_and_picks_the_rate_that_learns(tmp_path: Path) -> None:
+    from memtune.evaluation.sweep import best_trial, run_sweep, write_sweep_report
+    from tests.trainer.conftest import facts_job
+
+    trials = run_sweep(facts_job(tmp_path / "job"), [1e-3, 1e-2], steps=15, max_examples=None, out_dir=tmp_path)
+    assert [t.learning_rate for t in trials] == [1e-3, 1e-2]
+    assert all((Path(t.run_dir) / "manifest.json").is_file() and len(t.curve) == t.steps for t in trials)
+    slow, fast = trials
+    assert fast.final_loss < slow.final_loss and best_trial(trials) is fast
+    report = write_sweep_report(trials, tmp_path / "report", "facts").read_text()
+    assert "Best learning rate: **0.01**" in report

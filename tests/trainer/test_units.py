@@ -103,7 +103,8 @@ def test_mixed_experts_equal_the_weighted_sum_of_each_expert() -> None:
     for layer in range(3):
         expected = sum(
             route.weights[:, j, None, None]
-            * (x @ params["A"][route.experts[:, j], layer]) @ params["B"][route.experts[:, j], layer]
+            * (x @ params["A"][route.experts[:, j], layer])
+            @ params["B"][route.experts[:, j], layer]
             for j in range(3)
         )
         torch.testing.assert_close((x @ a_mix[layer]) @ b_mix[layer], expected)
