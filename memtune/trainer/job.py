@@ -65,9 +65,14 @@ class RunSummary:
         return asdict(self)
 
 
+# Bump when the same inputs would train a different memory (2: one answer per question, anchor words).
+TRAINING_REVISION = 2
+
+
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
-    """Identity of a training result: base weights, data, Lamini's args and memtune's memory knobs."""
+    """Identity of a training result: base weights, data, Lamini's args, memtune's memory knobs and revision."""
     document = {
+        "revision": TRAINING_REVISION,
         "base": base_sha256,
         "dataset": data_id,
         "finetuneArgs": job.spec.finetuneArgs.model_dump(mode="json"),
