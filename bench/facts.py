@@ -4,7 +4,7 @@
 
 Each line: {"input", "output", "paraphrase", "kind"}. Names and codes are built from random syllables and digits
 with a fixed seed, so the set is reproducible and disjoint from anything a model saw. `UNRELATED` holds everyday
-prompts, several close to the facts' domain (birthplaces, founding years, capitals), for the locality check.
+prompts, many close to the facts' domain (birthplaces, founding years, capitals), for the locality check.
 """
 
 from __future__ import annotations
@@ -54,6 +54,28 @@ UNRELATED = [
     "Which ocean is the largest?",
     "What language is spoken in Brazil?",
     "Tell me a fun fact about cats.",
+    # Held out: written after the anchor gate was designed, never used to choose its settings. Each takes the shape of
+    # a fact template or its paraphrase, with real entities.
+    "Where was Marie Curie born?",
+    "Where was Wolfgang Amadeus Mozart born?",
+    "In which town was William Shakespeare born?",
+    "In what year was Apple founded?",
+    "When was the Red Cross established?",
+    "What is the badge number of a police officer used for?",
+    "What is the capital of Australia?",
+    "Which city is the capital of Canada?",
+    "What is the capital of Kenya?",
+    "Who invented the light bulb?",
+    "Who is the inventor of the printing press?",
+    "Who invented the steam engine?",
+    "Where is Amazon headquartered?",
+    "In which city is Toyota based?",
+    "Where is the United Nations headquartered?",
+    "What is the product code of a barcode for?",
+    "How tall is Mount Kilimanjaro?",
+    "What is the height of Mount Fuji?",
+    "How tall is Mount Rainier?",
+    "Which product code does the Eiffel Tower carry?",
 ]
 
 
