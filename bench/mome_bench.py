@@ -3,6 +3,7 @@
     .venv/bin/python bench/mome_bench.py --data synthetic --count 200 --out bench/results/synthetic-200
     .venv/bin/python bench/mome_bench.py --data zsre --count 200 --out bench/results/zsre-200
     .venv/bin/python bench/mome_bench.py --data text2sql --out bench/results/text2sql
+    .venv/bin/python bench/mome_bench.py --count 200 --index-max-size 50 --out bench/results/synthetic-200-shared
 
 Everything is measured in one process on this machine, base model and tuned model back to back. Writes
 `report.md` and `summary.json` (plus the run's own loss_curve.png) under --out.
@@ -86,6 +87,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--index-max-size", type=int, default=None, help="cap the experts below the facts: what sharing costs"
+    )
     parser.add_argument("--latency-prompts", type=int, default=16, help="trained questions timed one at a time")
     parser.add_argument(
         "--work",
@@ -97,6 +101,7 @@ def main() -> None:
     out = options.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     bench = load_set(options.data, options.count)
+    recipe = RECIPE if options.index_max_size is None else {**RECIPE, "index_max_size": options.index_max_size}
     # A memory holds one answer per question, the last line's (as run_job does): text-to-SQL's 226 lines ask 122.
     bench.facts = list({fact["input"].strip(): fact for fact in bench.facts}.values())
     data = out / "facts.jsonl"
@@ -106,7 +111,7 @@ def main() -> None:
             "metadata": {"name": "bench"},
             "spec": {
                 "dataset": {"uri": str(data)},
-                "finetuneArgs": RECIPE,
+                "finetuneArgs": recipe,
                 "output": {"uri": str(options.work / out.name)},
             },
         }
@@ -134,7 +139,7 @@ def main() -> None:
     result = {
         "data": options.data,
         "facts": len(bench.facts),
-        "recipe": RECIPE,
+        "recipe": recipe,
         "tuning_seconds": summary.seconds,
         "steps": summary.steps,
         "final_loss": summary.final_loss,
