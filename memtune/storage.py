@@ -272,6 +272,19 @@ def exists(uri: str) -> bool:
     return _with_retries("check", location, lambda: location.fs.exists(location.path))
 
 
+def remove_tree(uri: str) -> None:
+    """Delete everything under `uri` (a folder or prefix); nothing there is not an error."""
+    location = _locate(uri)
+    if not location.is_local:
+        _check_bucket(location)
+
+    def remove() -> None:
+        if location.fs.exists(location.path):
+            location.fs.rm(location.path, recursive=True)
+
+    _with_retries("delete", location, remove)
+
+
 def _write_local_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:

@@ -315,6 +315,8 @@ def run_job(
         location = storage.run_uri(spec.output.uri, run_id)
         storage.publish_folder(folder, location)
         shutil.rmtree(folder)  # the scratch copy: the bucket holds the run now
-    else:  # the committed run supersedes it (storage has no delete for s3, where it stays)
-        shutil.rmtree(checkpoints.removeprefix("file://"), ignore_errors=True)
+    try:  # the committed run supersedes the checkpoints
+        storage.remove_tree(checkpoints)
+    except storage.StorageError as error:  # the run is committed: a leftover checkpoint only costs space
+        log.warning("could not delete the checkpoints at %s: %s", checkpoints, error)
     return RunSummary(location, False, result.steps, result.final_loss, recall, time.perf_counter() - started)

@@ -163,3 +163,15 @@ def test_server_killed_mid_upload_leaves_no_manifest(
             storage.fetch_folder(run, tmp_path / "fetched")
     finally:
         server.remove()
+
+
+def test_remove_tree_deletes_a_prefix_and_tolerates_absence(s3_env: SeaweedS3) -> None:
+    bucket = s3_env.make_bucket()
+    storage.write_bytes(f"{bucket}/ckpt/key/a.bin", b"a")
+    storage.write_bytes(f"{bucket}/ckpt/key/sub/b.bin", b"b")
+    storage.write_bytes(f"{bucket}/ckpt/other.bin", b"c")
+    storage.remove_tree(f"{bucket}/ckpt/key")
+    assert not storage.exists(f"{bucket}/ckpt/key/a.bin")
+    assert not storage.exists(f"{bucket}/ckpt/key/sub/b.bin")
+    assert storage.read_bytes(f"{bucket}/ckpt/other.bin") == b"c"
+    storage.remove_tree(f"{bucket}/ckpt/key")  # already gone: fine
