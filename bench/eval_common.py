@@ -19,7 +19,7 @@ import torch
 
 from memtune.data import Example
 from memtune.evaluation.ladder import METHODS, Ladder, run_ladder
-from memtune.evaluation.lora import LoraSettings
+from memtune.evaluation.lora import DEFAULT_LORA_LR, LoraSettings
 from memtune.evaluation.report import markdown_table, write_report
 from memtune.evaluation.scoring import MethodScore
 from memtune.spec import MemoryTuningJob
@@ -42,7 +42,7 @@ def arguments(description: str, max_new_tokens: int = 64) -> argparse.Namespace:
     parser.add_argument(
         "--lora-lr",
         type=float,
-        default=1e-3,
+        default=DEFAULT_LORA_LR,
         help="LoRA's learning rate (its usual one; the experts' 1e-2 makes a full-model LoRA diverge)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)

@@ -89,7 +89,7 @@ def evaluate(
     few_shot: Annotated[int, typer.Option(min=0, max=64, help="Training pairs shown by the prompt rung.")] = 3,
     rag_k: Annotated[int, typer.Option(min=1, max=64, help="Pairs retrieved by the rag rung.")] = 3,
     lora_steps: Annotated[int | None, typer.Option(min=1, help="LoRA steps (default: the job's max_steps).")] = None,
-    lora_lr: Annotated[float | None, typer.Option(help="LoRA learning rate (default: the job's).")] = None,
+    lora_lr: Annotated[float | None, typer.Option(help="LoRA learning rate (default: 1e-3).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Greedy decoding budget.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, max=512)] = 8,
     teacher_forced: Annotated[bool, typer.Option(help="Also score teacher-forced token accuracy.")] = False,
@@ -99,7 +99,7 @@ def evaluate(
     Greedy decoding: no sampling, at most --max-new-tokens new tokens, stopping at end-of-turn."""
     try:
         from memtune.evaluation.ladder import Ladder, run_ladder
-        from memtune.evaluation.lora import LoraSettings
+        from memtune.evaluation.lora import DEFAULT_LORA_LR, LoraSettings
         from memtune.evaluation.report import write_report
 
         job = _load_job(job_file)
@@ -112,7 +112,7 @@ def evaluate(
             lora = LoraSettings.matching(job.spec, lora_lr)
             lora = lora if lora_steps is None else replace(lora, steps=lora_steps)
         elif lora_steps is not None:
-            lora = LoraSettings(steps=lora_steps, learning_rate=lora_lr or 9e-4, batch_size=16)
+            lora = LoraSettings(steps=lora_steps, learning_rate=lora_lr or DEFAULT_LORA_LR, batch_size=16)
         ladder = Ladder(
             methods=[m.strip() for m in baselines.split(",") if m.strip()],
             base_model=base_model or (job.spec.baseModel if job else DEFAULT_BASE_MODEL),

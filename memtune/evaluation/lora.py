@@ -31,6 +31,7 @@ from memtune.trainer.models import load_base_model
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LORA_LR = 1e-3
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -47,11 +48,11 @@ class LoraSettings:
 
     @classmethod
     def matching(cls, spec: MemoryTuningJobSpec, learning_rate: float | None = None) -> LoraSettings:
-        """The settings that put LoRA on the job's footing: same steps, examples per step, seed (and LR by default)."""
+        """LoRA on the job's footing: same steps, examples per step and seed; LoRA's own learning rate."""
         args = spec.finetuneArgs
         return cls(
             steps=args.max_steps,
-            learning_rate=learning_rate or args.learning_rate,
+            learning_rate=learning_rate or DEFAULT_LORA_LR,
             batch_size=spec.memory.batchSize * args.gradient_accumulation_steps,
             seed=spec.memory.seed,
         )
