@@ -65,8 +65,9 @@ class RunSummary:
         return asdict(self)
 
 
-# Bump when the same inputs would train a different memory (2: one answer per question, anchor words).
-TRAINING_REVISION = 2
+# Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
+# is learned only when every answer token is the argmax).
+TRAINING_REVISION = 3
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:

@@ -1,7 +1,8 @@
 """Sparse training of the memory experts on cached answer regions.
 
 A step is one optimizer update over `batchSize * gradient_accumulation_steps` examples drawn from a *working set*:
-new questions join it as earlier ones are learned (answer loss below `memory.stopLoss`) or have had `MAX_STAY`
+new questions join it as earlier ones are learned (answer loss below `memory.stopLoss` *and* every answer token the
+argmax, so a long answer with one wrong token is not "learned" by its low mean loss) or have had `MAX_STAY`
 consecutive steps, so each expert is trained to convergence in a run of consecutive updates instead of once per
 epoch, and one stubborn question cannot hold its place forever. When every question has passed through,
 a no-grad check re-admits any whose loss rose (shared experts can disturb each other); training stops when all are
@@ -98,6 +99,11 @@ def _micro_batches(ids: list[int], size: int) -> list[list[int]]:
     return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
+def _until_exact(loss: torch.Tensor, exact: torch.Tensor, stop_loss: float) -> torch.Tensor:
+    """Answer losses (B,) with the inexact ones raised to at least `stop_loss`: the schedule's notion of unlearned."""
+    return torch.where(exact, loss, loss.clamp(min=stop_loss))
+
+
 def _losses(
     setup: TrainSetup, ids: list[int], params: dict[str, torch.Tensor], experts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +151,7 @@ def train_experts(
         while len(state.active) < per_step and pending:
             state.active.append(pending.popleft())
         if not state.active:
-            state.losses, _ = evaluate(setup, per_step, group)
+            state.losses = _until_exact(*evaluate(setup, per_step, group), stop_loss)
             relapsed = (state.losses >= stop_loss).nonzero()[:, 0].tolist()
             if not relapsed:
                 log.info("all %d questions below stop loss %.3g after %d steps", count, stop_loss, state.step)
@@ -159,11 +165,12 @@ def train_experts(
         step_losses = torch.zeros(len(ids))  # (S,): each rank fills the questions it owns
         for chunk in _micro_batches(mine, batch_size):
             chunk_ids = [ids[i] for i in chunk]
-            batch_losses, _ = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,)
-            # Questions already below stopLoss add no gradient: pushing them further only overshoots.
-            unlearned = (batch_losses.detach() >= stop_loss).to(batch_losses.dtype)  # (b,)
+            batch_losses, batch_exact = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,), (b,)
+            scheduled = _until_exact(batch_losses.detach(), batch_exact, stop_loss)  # (b,)
+            # Learned questions add no gradient: pushing them further only overshoots.
+            unlearned = (scheduled >= stop_loss).to(batch_losses.dtype)  # (b,)
             ((batch_losses * unlearned).sum() / len(ids)).backward()
-            step_losses[chunk] = batch_losses.detach()
+            step_losses[chunk] = scheduled
         losses = state.losses
         losses[ids] = group.sum_(step_losses)
         grads = {  # (R, ...) summed over ranks; a rank that owned none of the step's questions adds zeros
