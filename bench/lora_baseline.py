@@ -53,7 +53,14 @@ def main() -> None:
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(
         json.dumps(
-            {"curve": curve, "seconds_to_99": reached, "cap_minutes": options.minutes, "lr": options.lr}, indent=2
+            {
+                "curve": curve,
+                "seconds_to_99": reached,
+                "cap_minutes": options.minutes,
+                "lr": options.lr,
+                "eval_every": options.eval_every,
+            },
+            indent=2,
         )
     )
 
