@@ -123,7 +123,7 @@ def main() -> None:
     tuned = load_generator(summary.run_dir)
     base = Generator(tuned.base)  # the same weights without memory
     questions = [f["input"] for f in bench.facts]
-    answers = [f["output"] for f in bench.facts]
+    answers = [f["output"].strip() for f in bench.facts]  # generation strips its answers (6 ZsRE targets lead with " ")
     paraphrased = [f for f in bench.facts if f.get("paraphrase")]
     longest = max(options.max_new_tokens, *(len(tuned.base.tokenizer(a)["input_ids"]) + 2 for a in answers))
     tuned.close()  # hooks off while the base model runs
@@ -146,7 +146,7 @@ def main() -> None:
         "exact_match": share([a == b for a, b in zip(tuned_q, answers, strict=True)]),
         "base_exact_match": share([a == b for a, b in zip(base_q, answers, strict=True)]),
         "paraphrase_match": share(
-            [a == f["output"] for a, f in zip(tuned_p, paraphrased, strict=True)] if paraphrased else []
+            [a == f["output"].strip() for a, f in zip(tuned_p, paraphrased, strict=True)] if paraphrased else []
         ),
         "locality": share([a == b for a, b in zip(tuned_u, base_u, strict=True)]),
         "unrelated_prompts": len(bench.unrelated),
@@ -160,13 +160,22 @@ def main() -> None:
     changed = [
         {"prompt": q, "base": b, "mome": t} for q, b, t in zip(bench.unrelated, base_u, tuned_u, strict=True) if b != t
     ]
-    (out / "summary.json").write_text(json.dumps({**result, "misses": misses[:20], "changed": changed}, indent=2))
+    paraphrase_misses = [
+        {"prompt": f["paraphrase"], "expected": f["output"].strip(), "got": t}
+        for f, t in zip(paraphrased, tuned_p, strict=True)
+        if t != f["output"].strip()
+    ]
+    (out / "summary.json").write_text(
+        json.dumps(
+            {**result, "misses": misses[:20], "paraphrase_misses": paraphrase_misses[:50], "changed": changed}, indent=2
+        )
+    )
     shutil.copy(Path(summary.run_dir) / "loss_curve.png", out / "loss_curve.png")
-    (out / "report.md").write_text(report(result, misses, changed), encoding="utf-8")
+    (out / "report.md").write_text(report(result, misses, paraphrase_misses, changed), encoding="utf-8")
     print(json.dumps(result, indent=2))
 
 
-def report(result: dict, misses: list[dict], changed: list[dict]) -> str:
+def report(result: dict, misses: list[dict], paraphrase_misses: list[dict], changed: list[dict]) -> str:
     """Numbers against the issue's targets, then every miss (up to 20) so a reader can judge them."""
     speed, load = result["latency"], result["load_average"]
     rows = [
@@ -197,6 +206,9 @@ def report(result: dict, misses: list[dict], changed: list[dict]) -> str:
         "",
         "Misses (trained questions):",
         *(f"- {m['prompt']!r}: expected {m['expected']!r}, got {m['got']!r}" for m in misses[:20]),
+        "",
+        f"Paraphrase misses ({len(paraphrase_misses)}, first 20):",
+        *(f"- {m['prompt']!r}: expected {m['expected']!r}, got {m['got']!r}" for m in paraphrase_misses[:20]),
         "",
         "Unrelated prompts whose answer changed:",
         *(f"- {c['prompt']!r}: base {c['base']!r}, MoME {c['mome']!r}" for c in changed),
