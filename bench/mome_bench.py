@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from facts import UNRELATED, make_facts
 
+from memtune.data import Example, deduplicate
 from memtune.spec import parse_job
 from memtune.trainer.inference import Generator, load_generator
 from memtune.trainer.job import run_job
@@ -103,7 +104,8 @@ def main() -> None:
     bench = load_set(options.data, options.count)
     recipe = RECIPE if options.index_max_size is None else {**RECIPE, "index_max_size": options.index_max_size}
     # A memory holds one answer per question, the last line's (as run_job does): text-to-SQL's 226 lines ask 122.
-    bench.facts = list({fact["input"].strip(): fact for fact in bench.facts}.values())
+    unique = deduplicate([Example(f["input"], f["output"], line) for line, f in enumerate(bench.facts)]).examples
+    bench.facts = [bench.facts[example.line] for example in unique]
     data = out / "facts.jsonl"
     data.write_text("".join(json.dumps({"input": f["input"], "output": f["output"]}) + "\n" for f in bench.facts))
     job = parse_job(

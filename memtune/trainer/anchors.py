@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memtune.trainer.encode import right_pad, tokenize_prompt
-from memtune.trainer.models import LoadedModel, chat_prompt
+from memtune.trainer.encode import PromptTokens, right_pad, tokenize_prompt
+from memtune.trainer.models import LoadedModel
 
 # Surprisal (nats) from which a word counts as informative: p < 1/3000 in context.
 ANCHOR_NATS = 8.0
@@ -76,21 +76,17 @@ def question_anchors(base: LoadedModel, questions: Sequence[str], batch_size: in
         logits = base.model(input_ids=ids).logits.float()  # (B, T, V); right pads come last, so they change nothing
         # surprisal of token t given tokens < t: (B, T-1)
         nats = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        for row, question in enumerate(chunk):
-            result.append(_word_surprisal(base, question, [0.0, *nats[row].tolist()]))
+        for row, (question, tokens) in enumerate(zip(chunk, prompts, strict=True)):
+            result.append(_word_surprisal(question, tokens, [0.0, *nats[row].tolist()]))
     return result
 
 
-def _word_surprisal(base: LoadedModel, question: str, token_nats: list[float]) -> dict[str, float]:
+def _word_surprisal(question: str, tokens: PromptTokens, token_nats: list[float]) -> dict[str, float]:
     """Sum token surprisal over each word's character span in the chat prompt; keep the informative words."""
-    prompt = chat_prompt(base.tokenizer, question)
-    text = question.strip()
-    offset = prompt.rfind(text)
-    spans = base.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     words: dict[str, float] = {}
-    for match in _WORD.finditer(text):
-        begin, end = offset + match.start(), offset + match.end()
-        nats = sum(token_nats[i] for i, (a, b) in enumerate(spans) if a < end and b > begin)
+    for match in _WORD.finditer(question.strip()):
+        begin, end = tokens.question_start + match.start(), tokens.question_start + match.end()
+        nats = sum(token_nats[i] for i, (a, b) in enumerate(tokens.offsets) if a < end and b > begin)
         word = match.group().lower()
         words[word] = max(words.get(word, 0.0), nats)
     return {word: round(nats, 3) for word, nats in words.items() if nats >= ANCHOR_NATS}

@@ -25,6 +25,10 @@ class PromptTokens:
     ids: list[int]
     question_mask: list[bool]
     """True on the tokens that spell the question itself."""
+    offsets: list[tuple[int, int]]
+    """Each token's character span in the chat prompt."""
+    question_start: int
+    """Where the (stripped) question begins in the chat prompt."""
 
 
 @dataclass
@@ -54,7 +58,7 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> Prompt
     end = start + len(text)
     encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
     mask = [begin < end and stop > start for begin, stop in encoding["offset_mapping"]]
-    return PromptTokens(list(encoding["input_ids"]), mask)
+    return PromptTokens(list(encoding["input_ids"]), mask, list(encoding["offset_mapping"]), start)
 
 
 def answer_tokens(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
