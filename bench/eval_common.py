@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +68,19 @@ def lora_settings(job: MemoryTuningJob, args: argparse.Namespace) -> LoraSetting
     """The job's footing (steps, examples per step, seed) at LoRA's own learning rate."""
     matching = LoraSettings.matching(job.spec, args.lora_lr)
     return matching if args.lora_steps is None else replace(matching, steps=args.lora_steps)
+
+
+def job_ladder(job: MemoryTuningJob, args: argparse.Namespace, train: Sequence[Example], **options: Any) -> Ladder:
+    """The ladder on one job's footing: its base model, training pairs and output; `options` are Ladder fields."""
+    return Ladder(
+        methods=args.methods,
+        base_model=job.spec.baseModel,
+        train=list(train),
+        mome_model=job.spec.output.uri,
+        lora=lora_settings(job, args),
+        max_new_tokens=args.max_new_tokens,
+        **options,
+    )
 
 
 def _previous_rows(folder: Path, rerun: Sequence[str]) -> dict[str, list[MethodScore]]:

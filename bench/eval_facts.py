@@ -9,11 +9,10 @@ on paraphrases of them (examples/facts-paraphrases.jsonl), and for locality on e
 
 from __future__ import annotations
 
-from eval_common import ROOT, arguments, ladder_report, lora_settings, train_mome
+from eval_common import ROOT, arguments, job_ladder, ladder_report, train_mome
 
 from memtune.data import load_examples, read_examples
 from memtune.evaluation.cli import read_prompts
-from memtune.evaluation.ladder import Ladder
 from memtune.spec import load_job_file, resolve_local_paths
 
 
@@ -23,15 +22,7 @@ def main() -> None:
     job = resolve_local_paths(load_job_file(examples / "facts-job.yaml"), examples)
     summary = train_mome(job, args.fresh) if "mome" in args.methods else {}
     train = load_examples(job.spec.dataset)
-    ladder = Ladder(
-        methods=args.methods,
-        base_model=job.spec.baseModel,
-        train=train,
-        mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args),
-        max_new_tokens=args.max_new_tokens,
-        teacher_forced=True,
-    )
+    ladder = job_ladder(job, args, train, teacher_forced=True)
     sets = {
         "Trained questions (facts.jsonl)": train,
         "Paraphrased questions (facts-paraphrases.jsonl)": read_examples(str(examples / "facts-paraphrases.jsonl")),

@@ -13,10 +13,9 @@ nba_roster.db (multisets of rows; ordered only when the gold SQL has ORDER BY; i
 
 from __future__ import annotations
 
-from eval_common import ROOT, SHARED, arguments, ladder_report, lora_settings, train_mome
+from eval_common import ROOT, SHARED, arguments, job_ladder, ladder_report, train_mome
 
 from memtune.data import Example, load_examples, read_examples
-from memtune.evaluation.ladder import Ladder
 from memtune.spec import load_job_file, resolve_local_paths
 
 NBA = SHARED / "text2sql-nba"
@@ -76,17 +75,7 @@ def main() -> None:
     job = resolve_local_paths(load_job_file(ROOT / "examples" / "nba-sql-job.yaml"), ROOT / "examples")
     summary = train_mome(job, args.fresh) if "mome" in args.methods else {}
     train = load_examples(job.spec.dataset)
-    ladder = Ladder(
-        methods=args.methods,
-        base_model=job.spec.baseModel,
-        train=train,
-        mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args),
-        system=SYSTEM,
-        max_new_tokens=args.max_new_tokens,
-        db=NBA / "nba_roster.db",
-        batch_size=4,
-    )
+    ladder = job_ladder(job, args, train, system=SYSTEM, db=NBA / "nba_roster.db", batch_size=4)
     sets = {
         "gold v1 (20)": read_examples(str(NBA / "gold-test-set.jsonl"), "question", "sql"),
         "gold v2 (40)": read_examples(str(NBA / "gold-test-set-v2.jsonl"), "question", "sql"),

@@ -21,10 +21,9 @@ import json
 import re
 from pathlib import Path
 
-from eval_common import RESULTS, SHARED, arguments, ladder_report, lora_settings, train_mome
+from eval_common import RESULTS, SHARED, arguments, job_ladder, ladder_report, train_mome
 
 from memtune.data import Example
-from memtune.evaluation.ladder import Ladder
 from memtune.evaluation.metrics import mean
 from memtune.spec import parse_job
 
@@ -153,16 +152,7 @@ def main() -> None:
     summary = train_mome(job, args.fresh) if "mome" in args.methods else {}
     reliability = [Example(r["input"], r["output"], n) for n, r in enumerate(clean, start=1)]
     generalization = [Example(r["rephrase"], r["output"], n) for n, r in enumerate(clean, start=1)]
-    ladder = Ladder(
-        methods=args.methods,
-        base_model=job.spec.baseModel,
-        train=reliability,
-        mome_model=job.spec.output.uri,
-        lora=lora_settings(job, args),
-        max_new_tokens=args.max_new_tokens,
-        teacher_forced=True,
-        batch_size=16,
-    )
+    ladder = job_ladder(job, args, reliability, teacher_forced=True, batch_size=16)
     notes = [
         f"{len(records)} records, {len(groups)} subjects; the clean batch is one record per subject ({len(clean)}).",
         f"{len(conflicting)} subjects carry conflicting targets (not in the clean batch's score), e.g. "

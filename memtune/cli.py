@@ -3,6 +3,7 @@
     memtune run examples/facts-job.yaml          # tune locally, print a summary
     memtune generate --model runs/facts --prompt "What is the serial number of the Zorvath-7 telescope?"
     memtune upload facts.jsonl                   # store a dataset by content, print its id
+    memtune push-model ./my-model s3://bucket/models/my-model   # for `baseModel: s3://bucket/models/my-model`
     memtune crd                                  # the CustomResourceDefinition generated from memtune/spec.py
 
 Engine commands import torch lazily, so `--help`, `crd`, `upload` and the cluster commands stay fast.
@@ -18,9 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memtune import data
+from memtune import data, storage
 from memtune.manifest import IntegrityError
-from memtune.spec import SpecError, load_job_file, resolve_local_paths
+from memtune.spec import ModelError, SpecError, load_job_file, resolve_local_paths
 
 app = typer.Typer(
     help="Memory Tuning (Mixture of Memory Experts) for open LLMs, locally or on Kubernetes.",
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-USER_ERRORS = (SpecError, data.DatasetError, IntegrityError, FileNotFoundError)
+USER_ERRORS = (SpecError, ModelError, storage.StorageError, data.DatasetError, IntegrityError, FileNotFoundError)
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -139,6 +140,24 @@ def upload(
         raise _fail(error) from None
     console.print(f"{len(examples)} records stored")
     print(identifier)
+
+
+@app.command("push-model")
+def push_model(
+    model: Annotated[str, typer.Argument(help="Base model alias or local Hugging Face folder.")],
+    uri: Annotated[str, typer.Argument(help="Where it goes: s3://bucket/models/name (or a new local folder).")],
+) -> None:
+    """Publish a base model for `baseModel: s3://...`: files first, a manifest of their sha256 last.
+
+    Trainer pods and `memtune generate` fetch it once and verify every checksum before loading it."""
+    try:
+        from memtune.trainer.models import publish_model
+
+        manifest = publish_model(model, uri)
+    except USER_ERRORS as error:
+        raise _fail(error) from None
+    console.print(f"published {len(manifest['files'])} files (model sha256 {manifest['model']['sha256'][:12]}…)")
+    print(uri)
 
 
 @app.command()

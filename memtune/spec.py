@@ -56,6 +56,10 @@ class SpecError(ValueError):
         super().__init__(f"invalid {source} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
 
 
+class ModelError(RuntimeError):
+    """`spec.baseModel` names no model that can be found, fetched or loaded (raised by the trainer, shown by CLIs)."""
+
+
 class _Strict(BaseModel):
     """Base for every spec model: unknown keys and type coercions are errors, not silent fixes."""
 

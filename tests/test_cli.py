@@ -15,7 +15,7 @@ runner = CliRunner()
 
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "memtune.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("run", "generate", "upload", "eval", "crd"):
+    for command in ("run", "generate", "upload", "push-model", "eval", "crd"):
         assert command in result.stdout
 
 
@@ -56,3 +56,22 @@ def test_generate_needs_exactly_one_source_of_questions(tmp_path):
     result = runner.invoke(app, ["generate"])
     assert result.exit_code == 2
     assert "--prompt" in result.output
+
+
+def test_push_model_publishes_a_committed_copy_once_and_names_a_bad_model(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+    (model / "model.safetensors").write_bytes(b"weights")
+    target = tmp_path / "published"
+
+    first = runner.invoke(app, ["push-model", str(model), str(target)])
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["files"]) == ["config.json", "model.safetensors"]
+    assert not (model / "manifest.json").exists()
+
+    again = runner.invoke(app, ["push-model", str(model), str(target)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    missing = runner.invoke(app, ["push-model", str(tmp_path / "nowhere"), str(tmp_path / "other")])
+    assert missing.exit_code == 2 and "nowhere" in missing.output and "Hugging Face folder" in missing.output

@@ -19,15 +19,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memtune import data
+from memtune import data, storage
 from memtune.evaluation.prompts import DEFAULT_SYSTEM
 from memtune.evaluation.scoring import MethodScore
 from memtune.evaluation.sweep import DEFAULT_RATES
 from memtune.manifest import IntegrityError
-from memtune.spec import DEFAULT_BASE_MODEL, MemoryTuningJob, SpecError, load_job_file, resolve_local_paths
+from memtune.spec import DEFAULT_BASE_MODEL, MemoryTuningJob, ModelError, SpecError, load_job_file, resolve_local_paths
 
 console = Console(stderr=True)
-_USER_ERRORS = (SpecError, data.DatasetError, IntegrityError, FileNotFoundError, ValueError)
+_USER_ERRORS = (
+    SpecError,
+    ModelError,
+    storage.StorageError,
+    data.DatasetError,
+    IntegrityError,
+    FileNotFoundError,
+    ValueError,
+)
 _DEFAULT_LADDER = "base,prompt,rag,lora,mome"
 
 

