@@ -57,6 +57,13 @@ class Anchors:
                     allowed[row, column] = found >= self.share * total
         return allowed
 
+    def anchored(self, slots: torch.Tensor) -> torch.Tensor:
+        """slots (B, k) int64 -> (B, k) bool: does the slot's question have anchor words (and the check run)?"""
+        if self.share <= 0:
+            return torch.zeros(slots.shape, dtype=torch.bool)
+        has = torch.tensor([bool(slot) for slot in self.slots])  # (N,)
+        return has[slots]
+
     def to_dict(self) -> dict[str, object]:
         return {"min_nats": ANCHOR_NATS, "share": self.share, "slots": self.slots}
 

@@ -66,8 +66,8 @@ class RunSummary:
 
 
 # Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
-# is learned only when every answer token is the argmax).
-TRAINING_REVISION = 3
+# is learned only when every answer token is the argmax; 4: the anchored gate).
+TRAINING_REVISION = 4
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
@@ -189,6 +189,8 @@ def build_memory(
     if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
         anchors = Anchors(question_anchors(base, [e.input for e in examples]), job.spec.memory.anchorShare)
         gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot)
+        if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
+            layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
     return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
 
 

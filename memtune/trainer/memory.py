@@ -30,6 +30,8 @@ class MemoryLayout:
     """Gate: squared L2 distance above which experts stay off; None = never gate."""
     temperature: float
     """Softmax temperature of the mixing weights over the top-k distances."""
+    anchored_threshold: float | None = None
+    """Looser gate for a question whose anchor words the prompt contains (None: `threshold` for every question)."""
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -60,6 +62,7 @@ class Memory:
             self.index,
             k=self.layout.index_k,
             threshold=self.layout.threshold,
+            anchored_threshold=self.layout.anchored_threshold,
             temperature=self.layout.temperature,
             anchors=self.anchors,
         )

@@ -9,6 +9,9 @@ questions outnumber `index_max_size` (see bank.py). For a query key q:
     dist     = dist where allowed, else inf            # a question whose anchors are missing cannot answer
     weights  = softmax(-dist / temperature)            # (B, k) the nearest question dominates
     gated    = dist[:, 0] > threshold                  # (B,)  too far from every trained question: base model
+
+When the nearest allowed question has anchor words (the prompt holds them), its gate is `anchored_threshold`: set at
+calibration to the distance of the nearest everyday prompt, since the rare words already vouch for the match.
 """
 
 from __future__ import annotations
@@ -54,13 +57,18 @@ class Router:
         threshold: float | None,
         temperature: float,
         anchors: Anchors | None = None,
+        anchored_threshold: float | None = None,
     ):
-        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate (anchors included)."""
+        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate (anchors included).
+
+        A nearest question whose anchor words the prompt contains is gated at `anchored_threshold` instead (when set):
+        its rare words are evidence of its own, so a looser reformulation may still reach it."""
         self.keys = keys
         self.slot_expert = slot_expert
         self.index = index
         self.k = min(k, len(keys))
         self.threshold = threshold
+        self.anchored_threshold = anchored_threshold
         self.temperature = temperature
         self.anchors = anchors if threshold is not None else None
 
@@ -73,14 +81,16 @@ class Router:
         order = dist.argsort(dim=1)  # approximate indexes may return neighbours out of order
         dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
         closest = dist[:, 0].clone()
+        limit = torch.full_like(closest, float("inf") if self.threshold is None else self.threshold)  # (B,)
         if self.anchors is not None and prompts is not None:
             dist = dist.masked_fill(~self.anchors.allows(slots_t, prompts), float("inf"))
             order = dist.argsort(dim=1, stable=True)
             dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
+            if self.anchored_threshold is not None:
+                limit = torch.where(self.anchors.anchored(slots_t[:, 0]), self.anchored_threshold, limit)
         nearest = dist[:, 0]
         weights = torch.softmax(-(dist - nearest[:, None]) / self.temperature, dim=1).nan_to_num(0.0)  # (B, k)
         gated = ~torch.isfinite(nearest)  # the index found nothing, or no candidate's anchors are in the prompt
-        if self.threshold is not None:
-            gated |= nearest > self.threshold
+        gated |= nearest > limit
         weights = weights.masked_fill(gated[:, None], 0.0)
         return Routing(Route(self.slot_expert[slots_t], weights), closest, gated)

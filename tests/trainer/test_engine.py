@@ -91,6 +91,7 @@ def test_run_records_effective_index_and_gate(trained) -> None:
     meta = json.loads((Path(summary.run_dir) / "memtune.json").read_text())
     assert meta["index"]["effective"] == "IndexFlatL2"
     assert 0 < meta["gate"]["threshold"] < meta["gate"]["far_min"]
+    assert meta["gate"]["anchored_threshold"] == meta["gate"]["far_min"] == meta["layout"]["anchored_threshold"]
     assert meta["experts"]["count"] == 6
     assert meta["gate"]["questions_with_anchors"] == 6  # every fictional name is an anchor
 

@@ -166,3 +166,19 @@ def test_anchor_check_skips_questions_whose_anchors_are_missing() -> None:
     blocked = lonely(router.keys[:1], ["Where was Albert Einstein born?"])
     assert blocked.gated.tolist() == [True] and blocked.describe(0)["distance"] == 0.0  # the raw nearest distance
     assert words_of("Où est né Lumdor-Pragridor ?") == {"où", "est", "né", "lumdor", "pragridor"}
+
+
+def test_a_question_whose_anchors_are_present_is_gated_at_the_looser_anchored_threshold() -> None:
+    router = _router(threshold=1.0, k=1)  # the 4 trained keys are L2² = 2 apart
+    router.anchors = Anchors([{"lumdor": 30.0}, {}, {}, {}], share=0.5)
+    router.anchored_threshold = 2.5
+    off_axis = torch.zeros(8)
+    off_axis[6] = 1.0  # a direction no trained key points along
+    query = nn.functional.normalize(0.5 * router.keys[0] + off_axis, dim=0)[None].repeat(2, 1)  # (2, 8)
+    distance = float(((query[0] - router.keys[0]) ** 2).sum())
+    assert 1.0 < distance < 2.5  # beyond the plain gate, within the anchored one
+    routing = router(query, ["Who is Lumdor?", "Who is he?"])
+    assert routing.gated.tolist() == [False, True]  # the anchor vouches for row 0; row 1 lacks it and is too far
+    assert routing.route.experts[0, 0] == 0
+    router.anchored_threshold = None
+    assert router(query, ["Who is Lumdor?", "Who is he?"]).gated.tolist() == [True, True]
