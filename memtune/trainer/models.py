@@ -4,7 +4,8 @@ The default alias `smollm2-135m-instruct` points at the GGUF shipped in the `llm
 de-quantizes it (~20 s), so the result is converted once to safetensors under `$MEMTUNE_HOME/models/<alias>/`
 and later loads take a fraction of a second. Nothing is downloaded from a model hub. A model on object storage
 (`s3://...`) is one published with `publish_model` (`memtune push-model`): a folder committed by a manifest, fetched
-into `$MEMTUNE_HOME/models-cache/` with every checksum verified before transformers reads a byte of it.
+into `models-cache/` under `$MEMTUNE_SCRATCH` (in a pod) or `$MEMTUNE_HOME`, every checksum verified before
+transformers reads a byte of it.
 
     from memtune.trainer.models import load_base_model, chat_prompt
     base = load_base_model("smollm2-135m-instruct")
@@ -31,6 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from memtune import storage
+from memtune.contract import ENV_SCRATCH
 from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, write_manifest
 from memtune.spec import ModelError, is_remote
@@ -119,7 +121,9 @@ def resolve_model_path(name_or_path: str) -> Path:
 def _fetch_model(uri: str) -> Path:
     """Download a published model once (checksums verified before it appears); later calls reuse the copy."""
     name = f"{PurePosixPath(uri.rstrip('/')).name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
-    target = memtune_home() / "models-cache" / name
+    # A trainer pod's home is read-only (the trainer contract): downloads go to its scratch emptyDir.
+    root = Path(os.environ[ENV_SCRATCH]) if os.environ.get(ENV_SCRATCH) else memtune_home()
+    target = root / "models-cache" / name
     try:
         storage.fetch_folder(uri, target)
     except storage.StorageError as error:

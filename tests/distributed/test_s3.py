@@ -94,6 +94,7 @@ def test_a_base_model_pushed_to_s3_trains_and_loads_with_its_checksums_verified(
     job = job.model_copy(update={"spec": job.spec.model_copy(update={"baseModel": model_uri})})
     summary = run_job(job, show_progress=False)
     assert summary.recall == 1.0
+    assert list((tmp_path / "scratch" / "models-cache").glob("tiny-*"))  # a pod's home is read-only: into scratch
     generator = load_generator(str(summary.run_dir))  # the run names the s3 model: fetched copy, verified
     try:
         assert generator.base.sha256 == folder_sha256(tiny_model)
@@ -108,4 +109,4 @@ def test_a_base_model_pushed_to_s3_trains_and_loads_with_its_checksums_verified(
     s3_env.filesystem().pipe_file(tampered.removeprefix("s3://") + "/config.json", b"{}")
     with pytest.raises(IntegrityError, match=r"config\.json"):
         resolve_model_path(tampered)
-    assert not list((home / "models-cache").glob("tampered-*"))  # nothing half-verified left behind
+    assert not list((tmp_path / "scratch" / "models-cache").glob("tampered-*"))  # nothing half-verified is left
