@@ -177,6 +177,12 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
+def _load_note(load: dict) -> str:
+    if max(load["start"], load["end"]) > load["cores"]:
+        return "above the core count: other work shared the machine, so times are upper bounds"
+    return "within the core count: this benchmark had the machine to itself"
+
+
 def report(result: dict, misses: list[dict], paraphrase_misses: list[dict], changed: list[dict]) -> str:
     """Numbers against the issue's targets, then every miss (up to 20) so a reader can judge them."""
     speed, load = result["latency"], result["load_average"]
@@ -198,9 +204,8 @@ def report(result: dict, misses: list[dict], paraphrase_misses: list[dict], chan
         f"# MoME benchmark: {result['data']}, {result['facts']} facts",
         "",
         f"Recipe: `{json.dumps(result['recipe'])}`; {load['cores']} CPU cores, no GPU; 1-minute load average "
-        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end (above the core count: other work shared the "
-        "machine, so times are upper bounds). Base and MoME latency are timed alternately in the same process on "
-        "separate copies of the weights.",
+        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end ({_load_note(load)}). Base and MoME latency "
+        "are timed alternately in the same process on separate copies of the weights.",
         "",
         "| measure | value | target |",
         "|---|---|---|",
