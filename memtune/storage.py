@@ -415,7 +415,13 @@ def fetch_folder(uri: str, local_dir: str | Path) -> dict[str, Any]:
             verify_folder(staging)
         except IntegrityError as error:
             raise IntegrityError(f"{uri}: refused: {error}") from None
-        staging.replace(target)
+        try:
+            staging.replace(target)
+        except OSError:
+            # Another process (a rank in the same pod) fetched the same folder first: keep its verified copy.
+            if (target / MANIFEST_NAME).is_file() and (target / MANIFEST_NAME).read_bytes() == manifest_bytes:
+                return verify_folder(target)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("fetched %d files from %s", len(manifest["files"]) + 1, uri)

@@ -135,3 +135,24 @@ def test_bad_uris_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     with pytest.raises(storage.StorageError, match="needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         storage.read_bytes("s3://bucket/x")
+
+
+def test_two_fetches_racing_for_one_folder_both_end_with_the_verified_copy(
+    committed_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = storage.run_uri(str(tmp_path / "out"), storage.new_run_id())
+    manifest = storage.publish_folder(committed_folder, run)
+    target = tmp_path / "cache" / "model"
+    download = storage._download
+    raced: list[bool] = []
+
+    def other_rank_finishes_first(item, staging, name) -> None:
+        if not raced:
+            raced.append(True)
+            assert storage.fetch_folder(run, target) == manifest  # the other rank, start to end
+        download(item, staging, name)
+
+    monkeypatch.setattr(storage, "_download", other_rank_finishes_first)
+    assert storage.fetch_folder(run, target) == manifest  # its rename loses, the copy in place is the same: kept
+    assert raced and _files(target) == _files(committed_folder)
+    assert [path.name for path in target.parent.iterdir()] == ["model"]  # no staging folder left behind
