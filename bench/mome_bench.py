@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -177,6 +178,10 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
+def _percent_or_none(value: float, why: str) -> str:
+    return f"- ({why})" if math.isnan(value) else f"{value:.1%}"
+
+
 def _load_note(load: dict) -> str:
     if max(load["start"], load["end"]) > load["cores"]:
         return "above the core count: other work shared the machine, so times are upper bounds"
@@ -188,7 +193,11 @@ def report(result: dict, misses: list[dict], paraphrase_misses: list[dict], chan
     speed, load = result["latency"], result["load_average"]
     rows = [
         ("exact match, trained questions", f"{result['exact_match']:.1%}", ">= 99.5%"),
-        ("exact match, paraphrases", f"{result['paraphrase_match']:.1%}", ">= 90%"),
+        (
+            "exact match, paraphrases",
+            _percent_or_none(result["paraphrase_match"], "no paraphrases in this data"),
+            ">= 90%",
+        ),
         (f"locality ({result['unrelated_prompts']} unrelated prompts)", f"{result['locality']:.1%}", ">= 98%"),
         ("tuning wall time (end to end)", f"{result['tuning_seconds']:.0f} s ({result['steps']} steps)", "<= 300 s"),
         (
