@@ -169,9 +169,7 @@ def main() -> None:
         if t != f["output"].strip()
     ]
     (out / "summary.json").write_text(
-        json.dumps(
-            {**result, "misses": misses[:20], "paraphrase_misses": paraphrase_misses[:50], "changed": changed}, indent=2
-        )
+        json.dumps({**result, "misses": misses, "paraphrase_misses": paraphrase_misses, "changed": changed}, indent=2)
     )
     shutil.copy(Path(summary.run_dir) / "loss_curve.png", out / "loss_curve.png")
     (out / "report.md").write_text(report(result, misses, paraphrase_misses, changed), encoding="utf-8")
