@@ -103,6 +103,7 @@ def ladder_report(
     settings: dict[str, object],
     notes: Sequence[str],
     keep: bool = False,
+    locality_answers: Sequence[str] = (),
 ) -> dict[str, list[MethodScore]]:
     """Run the ladder, print the tables, write bench/results/eval-<name>/ (with `keep`: merged with earlier rows)."""
     started = time.monotonic()
@@ -126,7 +127,9 @@ def ladder_report(
         }
         return write_report(folder, title, merged, timed, notes)
 
-    sections = run_ladder(ladder, sets, locality, on_method=report)  # a partial report after each rung
+    sections = run_ladder(
+        ladder, sets, locality, on_method=report, locality_answers=locality_answers
+    )  # a partial report after each rung
     path = report(sections)
     for set_name, scores in sections.items():
         print(f"\n## {set_name}\n\n{markdown_table(scores)}")

@@ -91,7 +91,12 @@ def evaluate(
     db: Annotated[Path | None, typer.Option(help="SQLite database: answers are SQL, scored by execution.")] = None,
     baselines: Annotated[str, typer.Option(help="Comma-separated rungs of the ladder.")] = _DEFAULT_LADDER,
     locality: Annotated[
-        Path | None, typer.Option(help="JSONL of prompts outside the tuned facts (field --input-key).", exists=True)
+        Path | None,
+        typer.Option(
+            help="JSONL of prompts outside the tuned facts (field --input-key; with --output-key answers on every "
+            "line, --teacher-forced also scores locality token by token).",
+            exists=True,
+        ),
     ] = None,
     system: Annotated[str, typer.Option(help="System text of the prompt and rag rungs.")] = DEFAULT_SYSTEM,
     few_shot: Annotated[int, typer.Option(min=0, max=64, help="Training pairs shown by the prompt rung.")] = 3,
@@ -136,8 +141,11 @@ def evaluate(
             teacher_forced=teacher_forced,
         )
         sets = {path.name: data.read_examples(str(path), input_key, output_key) for path in data_files}
-        prompts = read_prompts(locality, input_key) if locality else []
-        sections = run_ladder(ladder, sets, prompts)
+        records = data.read_question_records(locality, input_key) if locality else []
+        prompts = [record[input_key] for record in records]
+        # With answers (field --output-key on every line), --teacher-forced also scores locality token by token.
+        answers = [str(r[output_key]) for r in records] if all(output_key in r for r in records) else []
+        sections = run_ladder(ladder, sets, prompts, locality_answers=answers)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     _print_tables(sections)

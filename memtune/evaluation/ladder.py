@@ -8,7 +8,9 @@
 `base`, `prompt`, `rag` and `lora` answer through transformers here (causal.py: greedy, documented stop rule);
 `mome` through the engine's generator (`memtune.trainer.inference`), which decodes the same way. Each method answers
 every set; locality compares its answers on `locality_prompts` with the base model's (the `prompt`/`rag` rungs
-see those prompts framed as they frame everything). Models are loaded once and dropped before the next rung.
+see those prompts framed as they frame everything). Given the locality prompts' answers and `teacher_forced`, it
+is also measured token by token: forcing those answers, the share of positions where the method's argmax is the base
+model's (the knowledge-editing papers' Loc). Models are loaded once and dropped before the next rung.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from memtune.data import Example
 from memtune.evaluation import causal, prompts
 from memtune.evaluation.lora import LoraSettings
-from memtune.evaluation.metrics import agreement, mean, token_accuracy
+from memtune.evaluation.metrics import agreement, mean, token_accuracy, token_agreement
 from memtune.evaluation.scoring import MethodScore, score_answers
 
 log = logging.getLogger(__name__)
@@ -166,21 +168,32 @@ def _teacher_forced(rung: _Rung, examples: Sequence[Example]) -> float | None:
     return mean([token_accuracy(predicted, target) for predicted, target in pairs])
 
 
+def _argmax_tokens(rung: _Rung, prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
+    assert rung.predictor is not None  # callers check
+    return [predicted for predicted, _ in rung.predictor.predict_tokens(rung.frame(prompts), answers)]
+
+
 def run_ladder(
     ladder: Ladder,
     sets: Mapping[str, Sequence[Example]],
     locality_prompts: Sequence[str] = (),
     on_method: Callable[[dict[str, list[MethodScore]]], None] | None = None,
+    locality_answers: Sequence[str] = (),
 ) -> dict[str, list[MethodScore]]:
     """Every method on every named set; returns the scores per set, methods in ladder order.
 
     `on_method` sees the scores so far after each method (long CPU runs write a partial report with it).
+    `locality_answers` (one per locality prompt) adds teacher-forced locality when the ladder is teacher-forced.
     """
     problems = ladder.problems() + [f"--data: evaluation set {name!r} is empty" for name, s in sets.items() if not s]
+    if locality_answers and len(locality_answers) != len(locality_prompts):
+        problems.append(f"--locality: {len(locality_answers)} answers for {len(locality_prompts)} prompts")
     if problems:
         raise LadderError("cannot run the ladder:\n" + "\n".join(f"  - {p}" for p in problems))
     results: dict[str, list[MethodScore]] = {name: [] for name in sets}
     base_locality: list[str] | None = None
+    base_tokens: list[list[int]] | None = None
+    forced_locality = ladder.teacher_forced and bool(locality_answers)
     order = sorted(ladder.methods, key=METHODS.index)
     if locality_prompts and "base" not in order:
         order = ["base", *order]  # locality is measured against the base model's answers
@@ -195,6 +208,12 @@ def run_ladder(
                 base_locality = answers
             assert base_locality is not None  # base runs first
             locality = agreement(answers, base_locality)
+        locality_tf = None
+        if forced_locality and rung.predictor is not None:
+            tokens = _argmax_tokens(rung, locality_prompts, locality_answers)
+            base_tokens = tokens if method == "base" else base_tokens
+            assert base_tokens is not None  # base runs first and can always be teacher-forced
+            locality_tf = mean([token_agreement(t, b) for t, b in zip(tokens, base_tokens, strict=True)])
         for name, examples in sets.items() if method in ladder.methods else ():
             answers = rung.answer(rung.frame([e.input for e in examples]))
             tf = _teacher_forced(rung, examples) if ladder.teacher_forced else None
@@ -204,6 +223,7 @@ def run_ladder(
                     method,
                     items,
                     locality=locality,
+                    locality_tf=locality_tf,
                     token_accuracy=tf,
                     loss_curve=rung.loss_curve,
                     seconds=time.monotonic() - started,

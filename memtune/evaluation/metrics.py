@@ -69,6 +69,18 @@ def token_accuracy(predicted: Sequence[int], target: Sequence[int]) -> float:
     return sum(p == t for p, t in zip(predicted, target, strict=True)) / len(target)
 
 
+def token_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float:
+    """Teacher-forced locality of one answer: the share of positions where a model's argmax is the base model's.
+
+    Both are argmax tokens over the same forced answer, so this needs no gold answer to be right, only the same one.
+    """
+    if len(predicted) != len(reference):
+        raise ValueError(f"{len(predicted)} predictions for {len(reference)} reference tokens")
+    if not reference:
+        raise ValueError("token agreement over an empty answer is undefined")
+    return sum(p == r for p, r in zip(predicted, reference, strict=True)) / len(reference)
+
+
 def mean(values: Sequence[float]) -> float:
     """Average of a non-empty list; the error names the emptiness instead of dividing by zero."""
     if not values:

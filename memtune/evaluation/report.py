@@ -26,6 +26,7 @@ COLUMNS: dict[str, str] = {
     "f1": "Token F1",
     "token_accuracy": "Token acc. (TF)",
     "locality": "Locality",
+    "locality_tf": "Locality (TF)",
 }
 _SHOWN_FAILURES = 20
 

@@ -40,6 +40,8 @@ class MethodScore:
     """Agreement with the base model's answers on prompts outside the tuned facts."""
     token_accuracy: float | None = None
     """Teacher-forced token accuracy, where the method can be teacher-forced."""
+    locality_tf: float | None = None
+    """Teacher-forced locality: share of the unrelated answers' tokens where the argmax is the base model's."""
     loss_curve: list[float] | None = None
     """Training loss per optimizer step (tuned methods)."""
     seconds: float = 0.0
@@ -73,6 +75,7 @@ class MethodScore:
             "execution_accuracy": self.execution_accuracy,
             "invalid_sql": self.invalid_sql,
             "locality": self.locality,
+            "locality_tf": self.locality_tf,
             "token_accuracy": self.token_accuracy,
         }
 
@@ -94,6 +97,7 @@ class MethodScore:
             items=[ItemScore(**item) for item in record["items"]],
             locality=summary["locality"],
             token_accuracy=summary["token_accuracy"],
+            locality_tf=summary.get("locality_tf"),  # absent from results written before it existed
             loss_curve=record["loss_curve"],
             seconds=record["seconds"],
         )

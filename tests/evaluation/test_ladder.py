@@ -62,3 +62,39 @@ def test_empty_set_is_refused_with_the_other_problems(loaded):
     with pytest.raises(LadderError, match=r"(?s)mome needs the tuned model.*evaluation set 'none' is empty"):
         run_ladder(Ladder(methods=["mome"], base_model="m"), {"none": []})
     assert loaded == []
+
+
+class _Forced:
+    """A stand-in teacher-forced model: its argmax on each forced answer's tokens is fixed per prompt."""
+
+    def __init__(self, tokens: dict[str, list[int]]):
+        self.tokens = tokens
+        self.forced: list[list[str]] = []
+
+    def predict_tokens(self, questions, answers):
+        self.forced.append(list(answers))
+        return [(self.tokens[q], [0] * len(self.tokens[q])) for q in questions]
+
+
+def test_teacher_forced_locality_compares_each_methods_argmax_with_the_base_models(monkeypatch):
+    forced = {
+        "base": _Forced({UNRELATED[0]: [1, 2, 3, 4], UNRELATED[1]: [7, 7]}),
+        "mome": _Forced({UNRELATED[0]: [1, 2, 3, 4], UNRELATED[1]: [7, 8]}),  # half of the spider answer moved
+    }
+
+    def fake_load(method, ladder):
+        table = ANSWERS[method]
+        return _Rung(lambda questions: [table.get(q, "?") for q in questions], list, forced[method])
+
+    monkeypatch.setattr(ladder_module, "_load_rung", fake_load)
+    monkeypatch.setattr(ladder_module, "_teacher_forced", lambda rung, examples: None)  # the facts are not forced here
+    ladder = Ladder(methods=["base", "mome"], base_model="m", mome_model="runs/x", teacher_forced=True)
+    sections = run_ladder(ladder, {"facts": FACTS[:1]}, UNRELATED, locality_answers=["Paris", "eight"])
+    base, mome = sections["facts"]
+    assert (base.locality_tf, mome.locality_tf) == (1.0, pytest.approx((1.0 + 0.5) / 2))
+    assert forced["mome"].forced == [["Paris", "eight"]]  # the locality prompts were forced with their own answers
+    assert mome.summary()["locality_tf"] == mome.locality_tf
+    greedy_only = Ladder(methods=["mome"], base_model="m", mome_model="runs/x")
+    assert run_ladder(greedy_only, {"f": FACTS[:1]}, UNRELATED)["f"][0].locality_tf is None
+    with pytest.raises(LadderError, match="1 answers for 2 prompts"):
+        run_ladder(ladder, {"facts": FACTS[:1]}, UNRELATED, locality_answers=["Paris"])

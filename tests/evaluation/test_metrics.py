@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from memtune.evaluation.metrics import agreement, exact_match, normalize_answer, token_accuracy, token_f1
+from memtune.evaluation.metrics import (
+    agreement,
+    exact_match,
+    normalize_answer,
+    token_accuracy,
+    token_agreement,
+    token_f1,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +68,11 @@ def test_token_accuracy_counts_positions():
         token_accuracy([1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="empty target"):
         token_accuracy([], [])
+
+
+def test_token_agreement_compares_two_models_argmax_position_by_position():
+    assert token_agreement([5, 6, 9, 2], [5, 6, 7, 2]) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="1 predictions for 2 reference tokens"):
+        token_agreement([1], [1, 2])
+    with pytest.raises(ValueError, match="empty answer"):
+        token_agreement([], [])
