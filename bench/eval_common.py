@@ -127,9 +127,8 @@ def ladder_report(
         }
         return write_report(folder, title, merged, timed, notes)
 
-    sections = run_ladder(
-        ladder, sets, locality, on_method=report, locality_answers=locality_answers
-    )  # a partial report after each rung
+    # `report` writes a partial report after each rung
+    sections = run_ladder(ladder, sets, locality, on_method=report, locality_answers=locality_answers)
     path = report(sections)
     for set_name, scores in sections.items():
         print(f"\n## {set_name}\n\n{markdown_table(scores)}")
