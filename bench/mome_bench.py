@@ -79,8 +79,9 @@ def latency(tuned: Generator, base: Generator, prompts: list[str], tokens: int, 
     return {**result, "tokens": tokens, "requests": len(prompts) * rounds, "ratio": ratio}
 
 
-def share(hits: list[bool]) -> float:
-    return sum(hits) / len(hits) if hits else float("nan")
+def share(hits: list[bool]) -> float | None:
+    """The share of hits; None (JSON null) for an empty list."""
+    return sum(hits) / len(hits) if hits else None
 
 
 def main() -> None:
@@ -176,8 +177,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _percent_or_none(value: float, why: str) -> str:
-    return f"- ({why})" if math.isnan(value) else f"{value:.1%}"
+def _percent_or_none(value: float | None, why: str) -> str:
+    return f"- ({why})" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
 def _load_note(load: dict) -> str:
