@@ -114,3 +114,30 @@ def test_sweep_runs_the_engine_once_per_rate_and_picks_the_rate_that_learns(tmp_
     assert fast.final_loss < slow.final_loss and best_trial(trials) is fast
     report = write_sweep_report(trials, tmp_path / "report", "facts").read_text()
     assert "Best learning rate: **0.01**" in report
+
+
+def test_eval_scores_the_tuned_run_against_the_base_model_greedy_and_teacher_forced(trained, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from memtune.evaluation.cli import register_commands
+
+    _, summary = trained
+    app = typer.Typer()
+    register_commands(app)
+    locality = tmp_path / "unrelated.jsonl"  # NQ-style: prompts with their answers, for teacher-forced locality
+    locality.write_text(
+        json.dumps({"input": UNRELATED[0], "output": "Paris"})
+        + "\n"
+        + json.dumps({"input": UNRELATED[3], "output": "84"})
+    )
+    args = ["eval", "--model", summary.run_dir, "--data", str(Path(__file__).parent / "data" / "facts.jsonl")]
+    args += ["--locality", str(locality), "--baselines", "base,mome", "--teacher-forced", "--max-new-tokens", "16"]
+    result = CliRunner().invoke(app, [*args, "--report-dir", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())["sets"]["facts.jsonl"]
+    base, mome = (row["summary"] for row in rows)
+    assert (base["exact_match"], mome["exact_match"], mome["token_accuracy"]) == (0.0, 1.0, 1.0)
+    # gated prompts run the base model bit for bit: the same answers, and the same argmax on every forced token
+    assert (mome["locality"], mome["locality_tf"], base["locality_tf"]) == (1.0, 1.0, 1.0)
+    assert "Locality (TF)" in (tmp_path / "report" / "report.md").read_text()
