@@ -83,6 +83,11 @@ def job_ladder(job: MemoryTuningJob, args: argparse.Namespace, train: Sequence[E
     )
 
 
+def _previous_settings(folder: Path) -> dict[str, object]:
+    path = folder / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("settings", {}) if path.is_file() else {}
+
+
 def _previous_rows(folder: Path, rerun: Sequence[str]) -> dict[str, list[MethodScore]]:
     """Rows of an earlier results.json for the methods not being re-run now (slow machines: one rung at a time)."""
     path = folder / "results.json"
@@ -113,11 +118,13 @@ def ladder_report(
         "decoding": f"greedy, at most {ladder.max_new_tokens} new tokens, stop at end-of-turn",
         "prompt rung": f"first {ladder.few_shot} training pairs after the system text",
         "rag rung": f"top {ladder.rag_k} training pairs by cosine similarity (all-MiniLM-L6-v2 if installed)",
-        "lora rung": ladder.lora if "lora" in ladder.methods or keep else "not run",
+        "lora rung": ladder.lora if "lora" in ladder.methods else "not run",
     }
 
     folder = RESULTS / f"eval-{name}"
     kept = _previous_rows(folder, ladder.methods) if keep else {}
+    if keep and "lora" not in ladder.methods:  # the kept LoRA rows were trained with the earlier settings
+        settings["lora rung"] = _previous_settings(folder).get("lora rung", "not run")
 
     def report(sections: dict[str, list[MethodScore]]) -> Path:
         timed = {**settings, "ladder wall time (this invocation)": f"{time.monotonic() - started:.0f} s"}
