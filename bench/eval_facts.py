@@ -30,7 +30,9 @@ def main() -> None:
     notes = [
         "Locality: share of unrelated prompts (unrelated.jsonl) answered exactly as the base model answers them.",
         "The prompt rung shows only 3 of the 12 facts; RAG retrieves the 3 nearest, so it can answer all of them.",
-        f"MoME job summary: {summary}" if summary else "MoME not run.",
+        f"MoME job summary: {summary}"
+        if summary
+        else "MoME not run in this invocation (with --keep its rows come from the earlier run).",
     ]
     ladder_report(
         "facts",

@@ -86,7 +86,9 @@ def main() -> None:
         "The notebook (Llama 3.1 8B) recorded base 30% (v1) / 35% (v2) and memory-tuned 95% on v2.",
         "Every gold-v2 question and its SQL appear verbatim in the training data: gold v2 measures recall.",
         f"prompt/rag system text: {SYSTEM}",
-        f"MoME job summary: {summary}" if summary else "MoME not run.",
+        f"MoME job summary: {summary}"
+        if summary
+        else "MoME not run in this invocation (with --keep its rows come from the earlier run).",
     ]
     ladder_report(
         "text2sql",
