@@ -83,19 +83,23 @@ def job_ladder(job: MemoryTuningJob, args: argparse.Namespace, train: Sequence[E
     )
 
 
-def _previous_settings(folder: Path) -> dict[str, object]:
+def mome_note(summary: Mapping[str, object]) -> str:
+    """The report note on the MoME job of this invocation."""
+    if summary:
+        return f"MoME job summary: {dict(summary)}"
+    return "MoME not run in this invocation (with --keep its rows come from the earlier run)."
+
+
+def _previous_results(folder: Path) -> dict[str, Any]:
     path = folder / "results.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("settings", {}) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"sets": {}, "settings": {}}
 
 
-def _previous_rows(folder: Path, rerun: Sequence[str]) -> dict[str, list[MethodScore]]:
+def _kept_rows(previous: dict[str, Any], rerun: Sequence[str]) -> dict[str, list[MethodScore]]:
     """Rows of an earlier results.json for the methods not being re-run now (slow machines: one rung at a time)."""
-    path = folder / "results.json"
-    if not path.is_file():
-        return {}
-    sets = json.loads(path.read_text(encoding="utf-8"))["sets"]
     return {
-        name: [MethodScore.from_dict(r) for r in records if r["method"] not in rerun] for name, records in sets.items()
+        name: [MethodScore.from_dict(r) for r in records if r["method"] not in rerun]
+        for name, records in previous["sets"].items()
     }
 
 
@@ -122,9 +126,10 @@ def ladder_report(
     }
 
     folder = RESULTS / f"eval-{name}"
-    kept = _previous_rows(folder, ladder.methods) if keep else {}
+    previous = _previous_results(folder) if keep else {"sets": {}, "settings": {}}
+    kept = _kept_rows(previous, ladder.methods)
     if keep and "lora" not in ladder.methods:  # the kept LoRA rows were trained with the earlier settings
-        settings["lora rung"] = _previous_settings(folder).get("lora rung", "not run")
+        settings["lora rung"] = previous["settings"].get("lora rung", "not run")
 
     def report(sections: dict[str, list[MethodScore]]) -> Path:
         timed = {**settings, "ladder wall time (this invocation)": f"{time.monotonic() - started:.0f} s"}

@@ -9,7 +9,7 @@ on paraphrases of them (examples/facts-paraphrases.jsonl), and for locality on e
 
 from __future__ import annotations
 
-from eval_common import ROOT, arguments, job_ladder, ladder_report, train_mome
+from eval_common import ROOT, arguments, job_ladder, ladder_report, mome_note, train_mome
 
 from memtune.data import load_examples, read_examples
 from memtune.evaluation.cli import read_prompts
@@ -30,9 +30,7 @@ def main() -> None:
     notes = [
         "Locality: share of unrelated prompts (unrelated.jsonl) answered exactly as the base model answers them.",
         "The prompt rung shows only 3 of the 12 facts; RAG retrieves the 3 nearest, so it can answer all of them.",
-        f"MoME job summary: {summary}"
-        if summary
-        else "MoME not run in this invocation (with --keep its rows come from the earlier run).",
+        mome_note(summary),
     ]
     ladder_report(
         "facts",

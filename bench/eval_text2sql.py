@@ -13,7 +13,7 @@ nba_roster.db (multisets of rows; ordered only when the gold SQL has ORDER BY; i
 
 from __future__ import annotations
 
-from eval_common import ROOT, SHARED, arguments, job_ladder, ladder_report, train_mome
+from eval_common import ROOT, SHARED, arguments, job_ladder, ladder_report, mome_note, train_mome
 
 from memtune.data import Example, load_examples, read_examples
 from memtune.spec import load_job_file, resolve_local_paths
@@ -86,9 +86,7 @@ def main() -> None:
         "The notebook (Llama 3.1 8B) recorded base 30% (v1) / 35% (v2) and memory-tuned 95% on v2.",
         "Every gold-v2 question and its SQL appear verbatim in the training data: gold v2 measures recall.",
         f"prompt/rag system text: {SYSTEM}",
-        f"MoME job summary: {summary}"
-        if summary
-        else "MoME not run in this invocation (with --keep its rows come from the earlier run).",
+        mome_note(summary),
     ]
     ladder_report(
         "text2sql",

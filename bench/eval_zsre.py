@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from eval_common import RESULTS, SHARED, arguments, job_ladder, ladder_report, train_mome
+from eval_common import RESULTS, SHARED, arguments, job_ladder, ladder_report, mome_note, train_mome
 
 from memtune.data import Example
 from memtune.spec import parse_job
@@ -143,9 +143,7 @@ def main() -> None:
         "Published (WISE paper, LLaMA-2-7B, 1000 sequential edits, teacher-forced): WISE Rel .77 / Gen .72 / "
         "Loc 1.00; GRACE .93 / .08 / 1.00; FT-L .19 / .16 / .03. Ours is one batch of edits on a 135M model: "
         "compare the Token acc. (TF) column, not exact match, with those.",
-        f"MoME job summary: {summary}"
-        if summary
-        else "MoME not run in this invocation (with --keep its rows come from the earlier run).",
+        mome_note(summary),
     ]
     notes.insert(
         0, "Locality (TF): forcing each NQ answer, the share of its tokens where the method's argmax is the base's."

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -178,7 +177,7 @@ def main() -> None:
 
 
 def _percent_or_none(value: float | None, why: str) -> str:
-    return f"- ({why})" if value is None or math.isnan(value) else f"{value:.1%}"
+    return f"- ({why})" if value is None else f"{value:.1%}"
 
 
 def _load_note(load: dict) -> str:

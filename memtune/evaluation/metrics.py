@@ -62,11 +62,7 @@ def token_accuracy(predicted: Sequence[int], target: Sequence[int]) -> float:
     `predicted[i]` is the model's argmax given the prompt and the *gold* tokens `target[:i]` (not its own
     earlier guesses), which is what the knowledge-editing papers (ROME, MEMIT, WISE) report as Rel/Gen/Loc.
     """
-    if len(predicted) != len(target):
-        raise ValueError(f"{len(predicted)} predictions for {len(target)} target tokens")
-    if not target:
-        raise ValueError("token accuracy of an empty target is undefined")
-    return sum(p == t for p, t in zip(predicted, target, strict=True)) / len(target)
+    return _share_of_equal_positions(predicted, target, "target tokens", "token accuracy of an empty target")
 
 
 def token_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float:
@@ -74,11 +70,15 @@ def token_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float
 
     Both are argmax tokens over the same forced answer, so this needs no gold answer to be right, only the same one.
     """
-    if len(predicted) != len(reference):
-        raise ValueError(f"{len(predicted)} predictions for {len(reference)} reference tokens")
-    if not reference:
-        raise ValueError("token agreement over an empty answer is undefined")
-    return sum(p == r for p, r in zip(predicted, reference, strict=True)) / len(reference)
+    return _share_of_equal_positions(predicted, reference, "reference tokens", "token agreement over an empty answer")
+
+
+def _share_of_equal_positions(predicted: Sequence[int], other: Sequence[int], noun: str, empty: str) -> float:
+    if len(predicted) != len(other):
+        raise ValueError(f"{len(predicted)} predictions for {len(other)} {noun}")
+    if not other:
+        raise ValueError(f"{empty} is undefined")
+    return sum(p == o for p, o in zip(predicted, other, strict=True)) / len(other)
 
 
 def mean(values: Sequence[float]) -> float:

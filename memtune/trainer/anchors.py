@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +41,11 @@ class Anchors:
     slots: list[dict[str, float]]
     share: float
     """Minimum surprisal-weighted share of a question's anchors a prompt must contain; 0 turns the check off."""
+    _has_anchors: torch.Tensor = field(init=False, repr=False)
+    """(N,) bool, built once: the router asks on every prefill."""
+
+    def __post_init__(self) -> None:
+        self._has_anchors = torch.tensor([bool(slot) for slot in self.slots], dtype=torch.bool)
 
     def allows(self, slots: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """slots (B, k) int64 -> (B, k) bool: may slot answer that row's prompt?"""
@@ -61,8 +66,7 @@ class Anchors:
         """slots (B, k) int64 -> (B, k) bool: does the slot's question have anchor words (and the check run)?"""
         if self.share <= 0:
             return torch.zeros(slots.shape, dtype=torch.bool)
-        has = torch.tensor([bool(slot) for slot in self.slots])  # (N,)
-        return has[slots]
+        return self._has_anchors[slots]
 
     def to_dict(self) -> dict[str, object]:
         return {"min_nats": ANCHOR_NATS, "share": self.share, "slots": self.slots}
