@@ -13,12 +13,12 @@ nba_roster.db (multisets of rows; ordered only when the gold SQL has ORDER BY; i
 
 from __future__ import annotations
 
-from eval_common import ROOT, SHARED, arguments, job_ladder, ladder_report, mome_note, train_mome
+from eval_common import ROOT, arguments, job_ladder, ladder_report, mome_note, train_mome
 
 from memtune.data import Example, load_examples, read_examples
 from memtune.spec import load_job_file, resolve_local_paths
 
-NBA = SHARED / "text2sql-nba"
+NBA = ROOT / "examples" / "nba-sql" / "data"  # the notebook data ships in the repo
 SYSTEM = (
     "You write one SQLite query that answers a question about the table nba_roster, with columns "
     "Team (e.g. 'Golden State Warriors'), NAME, Jersey (text, 'NA' when unknown), POS ('PG', 'SG', 'SF', 'PF', 'C', "

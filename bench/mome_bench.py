@@ -52,7 +52,7 @@ def load_set(name: str, count: int) -> BenchSet:
         facts = [{"input": r["input"], "output": r["output"], "paraphrase": r["rephrase"]} for r in rows]
         return BenchSet(facts, [r["loc"] for r in rows[:40]] + UNRELATED)
     if name == "text2sql":
-        path = SHARED / "text2sql-nba" / "training_data" / "generated_queries_v2.jsonl"
+        path = Path(__file__).resolve().parents[1] / "examples" / "nba-sql" / "data" / "generated_queries_v2.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()][:count]
         return BenchSet([{"input": r["question"], "output": r["sql"]} for r in rows], UNRELATED)
     raise SystemExit(f"unknown data set {name!r}")

@@ -2,8 +2,9 @@
 
     memtune eval --job examples/facts-job.yaml --data examples/facts.jsonl --data examples/facts-paraphrases.jsonl \\
         --locality examples/unrelated.jsonl --report-dir reports/facts
-    memtune eval --job examples/nba-sql-job.yaml --data gold-test-set-v2.jsonl --input-key question \\
-        --output-key sql --db nba_roster.db --baselines base,prompt,rag,mome --report-dir reports/nba
+    memtune eval --job examples/nba-sql-job.yaml --data examples/nba-sql/data/gold-test-set-v2.jsonl \\
+        --input-key question --output-key sql --db examples/nba-sql/data/nba_roster.db \\
+        --baselines base,prompt,rag,mome --report-dir reports/nba
     memtune sweep examples/facts-job.yaml --rates 3e-4,9e-4,3e-3 --steps 60 --report-dir reports/sweep
 
 Model code is imported inside the commands, so `memtune --help` stays fast.

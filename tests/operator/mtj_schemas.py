@@ -1,6 +1,6 @@
 """Validate what the operator sends against the schemas a real cluster would apply.
 
-PyTorchJob: the Kubeflow v1.9.4 CRD from ../shared/schemas plus the admission-webhook rules listed in its
+PyTorchJob: the Kubeflow v1.9.4 CRD vendored in tests/schemas plus the admission-webhook rules listed in its
 SOURCE.md. Built-in kinds (ConfigMap, batch/v1 Job, the pod templates inside a PyTorchJob): kubernetes-validate.
 """
 
@@ -15,8 +15,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-SHARED_SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
-PYTORCHJOB_CRD = SHARED_SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"  # vendored: see tests/schemas/SOURCE.md
+PYTORCHJOB_CRD = SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
 K8S_VERSION = "1.36.0"
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
