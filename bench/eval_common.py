@@ -59,7 +59,7 @@ def arguments(description: str, max_new_tokens: int = 64) -> argparse.Namespace:
 
 def train_mome(job: MemoryTuningJob, fresh: bool) -> dict[str, object]:
     """Run (or reuse) the MoME job; returns its summary."""
-    from memtune.trainer.job import run_job
+    from memtune.trainer.tuning.job import run_job
 
     return run_job(job, use_cached_model=not fresh, show_progress=True).to_dict()
 

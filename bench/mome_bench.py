@@ -28,9 +28,9 @@ from facts import UNRELATED, make_facts
 
 from memtune.data import Example, deduplicate
 from memtune.spec import parse_job
-from memtune.trainer.inference import Generator, load_generator
-from memtune.trainer.job import run_job
-from memtune.trainer.models import load_base_model
+from memtune.trainer.mome.base import load_base_model
+from memtune.trainer.mome.generation import Generator, load_generator
+from memtune.trainer.tuning.job import run_job
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The recipe for hundreds of facts (the seed's README recipe plus the learning rate our experts want).

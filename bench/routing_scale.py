@@ -5,7 +5,7 @@
 
 Keys are random unit vectors of the default model's width (576); queries are bank keys plus noise of a paraphrase's
 typical distance, so recall@1 asks "does the query still reach its own slot". Index parameters are the spec's
-defaults (what a user gets without tuning), planned by memtune.trainer.index like a real run; a method may carry
+defaults (what a user gets without tuning), planned by memtune.trainer.mome.index like a real run; a method may carry
 finetune-arg overrides after a colon (comma-separated `name=value`). HNSW is also searched with a wider efSearch.
 Bytes per slot count the index alone: runs also keep every key in float32 (2304 B at width 576) for exact
 re-ranking of the top-k and the gate.
@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from memtune.spec import FinetuneArgs
-from memtune.trainer.index import build_index, index_to_bytes, plan_index
+from memtune.trainer.mome.index import build_index, index_to_bytes, plan_index
 
 DIM = 576
 QUERIES = 200

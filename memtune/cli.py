@@ -51,7 +51,7 @@ def run(
     """Run a MemoryTuningJob on this machine (relative paths resolve against the manifest's folder)."""
     try:
         job = resolve_local_paths(load_job_file(job_file), job_file.parent)
-        from memtune.trainer.job import run_job
+        from memtune.trainer.tuning.job import run_job
 
         summary = run_job(job, use_cached_model=use_cached_model)
     except USER_ERRORS as error:
@@ -65,7 +65,7 @@ def run(
 
 
 def _compare_with_base(base_model: str, run_dir: str, examples: list[data.Example]) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     questions = [example.input for example in examples]
     base = load_generator(base_model).generate(questions)
@@ -102,7 +102,7 @@ def generate(
             records = data.read_question_records(input_file, input_key)
         else:
             records = [{input_key: text} for text in prompt or []]
-        from memtune.trainer.inference import load_generator
+        from memtune.trainer.mome.generation import load_generator
 
         answers = load_generator(model).generate(
             [record[input_key] for record in records], max_new_tokens=max_new_tokens, batch_size=batch_size
@@ -151,7 +151,7 @@ def push_model(
 
     Trainer pods and `memtune generate` fetch it once and verify every checksum before loading it."""
     try:
-        from memtune.trainer.models import publish_model
+        from memtune.trainer.mome.base import publish_model
 
         manifest = publish_model(model, uri)
     except USER_ERRORS as error:
@@ -165,7 +165,7 @@ def train(
     spec: Annotated[Path, typer.Option(help="MemoryTuningJob manifest (YAML).", exists=True, dir_okay=False)],
 ) -> None:
     """Run one rank of a job as a trainer pod does (under torchrun for several ranks); exit 1 = permanent failure."""
-    from memtune.trainer import pod
+    from memtune.trainer.tuning import pod
 
     raise typer.Exit(code=pod.main(["--spec", str(spec)]))
 

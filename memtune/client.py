@@ -119,7 +119,7 @@ class MemoryTuner:
             from memtune.cluster import KubernetesBackend
 
             return KubernetesBackend(namespace=self.namespace).train(job)
-        from memtune.trainer.job import run_job
+        from memtune.trainer.tuning.job import run_job
 
         summary = run_job(job, use_cached_model=use_cached_model)
         return {
@@ -152,7 +152,7 @@ class MemoryTuner:
 
     def _load_generator(self) -> Any:
         if self._generator is None:
-            from memtune.trainer.inference import load_generator
+            from memtune.trainer.mome.generation import load_generator
 
             self._generator = load_generator(self.model_name)
         return self._generator

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from memtune.trainer.models import chat_prompt
+from memtune.trainer.mome.base import chat_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 128
 

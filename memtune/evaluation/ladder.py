@@ -6,7 +6,7 @@
     scores = run_ladder(ladder, {"facts": examples}, locality_prompts=["What is the capital of France?"])
 
 `base`, `prompt`, `rag` and `lora` answer through transformers here (causal.py: greedy, documented stop rule);
-`mome` through the engine's generator (`memtune.trainer.inference`), which decodes the same way. Each method answers
+`mome` through the generator (`memtune.trainer.mome.generation`), which decodes the same way. Each method answers
 every set; locality compares its answers on `locality_prompts` with the base model's (the `prompt`/`rag` rungs
 see those prompts framed as they frame everything). Given the locality prompts' answers and `teacher_forced`, it
 is also measured token by token: forcing those answers, the share of positions where the method's argmax is the base
@@ -112,7 +112,7 @@ def _load_rung(method: str, ladder: Ladder) -> _Rung:
     """Load what `method` needs (models are imported here, lazily, so scoring stays torch-free)."""
     if method == "mome":
         from memtune.evaluation.mome import MomeTokenPredictor, read_loss_curve
-        from memtune.trainer.inference import load_generator, resolve_run
+        from memtune.trainer.mome.generation import load_generator, resolve_run
 
         assert ladder.mome_model is not None  # Ladder.problems() checked it
         if resolve_run(ladder.mome_model) is None:
@@ -134,7 +134,7 @@ def _load_rung(method: str, ladder: Ladder) -> _Rung:
         assert ladder.lora is not None  # Ladder.problems() checked it
         result = train_lora(ladder.base_model, ladder.train, ladder.lora)
         return _Rung(lambda q: result.answer(q, max_new_tokens=ladder.max_new_tokens), _bare, result, result.losses)
-    from memtune.trainer.models import load_base_model
+    from memtune.trainer.mome.base import load_base_model
 
     base = load_base_model(ladder.base_model)
 

@@ -27,7 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from memtune.data import Example
 from memtune.evaluation import causal
 from memtune.spec import MemoryTuningJobSpec
-from memtune.trainer.models import load_base_model
+from memtune.trainer.mome.base import load_base_model
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from memtune.trainer.encode import question_keys, tokenize_prompt
-from memtune.trainer.experts import ExpertHooks
-from memtune.trainer.inference import Generator
+from memtune.trainer.mome.experts import ExpertHooks
+from memtune.trainer.mome.generation import Generator
+from memtune.trainer.mome.keys import question_keys, tokenize_prompt
 
-LOSS_CURVE_NAME = "loss_curve.json"  # written by memtune.trainer.artifacts.save_run
+LOSS_CURVE_NAME = "loss_curve.json"  # written by memtune.trainer.mome.artifacts.save_run
 
 
 def read_loss_curve(run_dir: str | Path) -> list[float]:

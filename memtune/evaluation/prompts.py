@@ -1,6 +1,6 @@
 """The question texts of the untuned rungs of the ladder: `base`, `prompt` (system text + few-shot) and `rag`.
 
-Every rung talks to the same chat template (`memtune.trainer.models.chat_prompt`): what differs is only the text of
+Every rung talks to the same chat template (`memtune.trainer.mome.base.chat_prompt`): what differs is only the text of
 the single user turn. `prompt` and `rag` put their instructions and example pairs in front of the question:
 
     {system}

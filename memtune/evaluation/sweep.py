@@ -91,7 +91,7 @@ def run_sweep(
 ) -> list[Trial]:
     """Run one job per rate with the engine (imported here: the sweep module itself stays light)."""
     from memtune.evaluation.mome import read_loss_curve
-    from memtune.trainer.job import run_job
+    from memtune.trainer.tuning.job import run_job
 
     trials = []
     for rate in rates:

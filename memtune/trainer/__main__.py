@@ -1,5 +1,5 @@
 """`python -m memtune.trainer --spec FILE`: the trainer pod's command (see pod.py)."""
 
-from memtune.trainer.pod import main
+from memtune.trainer.tuning.pod import main
 
 raise SystemExit(main())

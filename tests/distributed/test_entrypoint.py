@@ -9,8 +9,8 @@ import yaml
 
 from memtune.contract import EXIT_PERMANENT, RECALL_METRIC
 from memtune.spec import SpecError
-from memtune.trainer.distributed import RankGroup, group_from_env
-from memtune.trainer.pod import main
+from memtune.trainer.tuning.distributed import RankGroup, group_from_env
+from memtune.trainer.tuning.pod import main
 from tests.distributed.conftest import job_writer, subprocess_env
 from tests.distributed.helpers import run_trainer
 

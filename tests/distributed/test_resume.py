@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from memtune.spec import load_job_file
-from memtune.trainer.checkpoint import INDEX_NAME, checkpoint_uri
-from memtune.trainer.job import run_job
-from memtune.trainer.train import StepReport
+from memtune.trainer.tuning.checkpoint import INDEX_NAME, checkpoint_uri
+from memtune.trainer.tuning.job import run_job
+from memtune.trainer.tuning.train import StepReport
 from tests.distributed.helpers import kill_when, run_trainer
 
 STOP_AT = 12  # past the checkpoint of step 10 (save_steps 5), before the end

@@ -11,10 +11,10 @@ from memtune import storage
 from memtune.contract import EXIT_RETRYABLE, RECALL_METRIC
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import ModelError, load_job_file
-from memtune.trainer.inference import load_generator
-from memtune.trainer.job import run_job
-from memtune.trainer.models import folder_sha256, publish_model, resolve_model_path
-from memtune.trainer.pod import main
+from memtune.trainer.mome.base import folder_sha256, publish_model, resolve_model_path
+from memtune.trainer.mome.generation import load_generator
+from memtune.trainer.tuning.job import run_job
+from memtune.trainer.tuning.pod import main
 from tests.distributed.conftest import FACTS
 
 QUESTIONS = [json.loads(line)["input"] for line in FACTS.read_text().splitlines()]

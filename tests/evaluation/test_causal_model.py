@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_teacher_forcing_the_greedy_answer_is_fully_accurate():
     from memtune.evaluation.causal import greedy_answers, teacher_forced_predictions
-    from memtune.trainer.models import load_base_model
+    from memtune.trainer.mome.base import load_base_model
 
     base = load_base_model("smollm2-135m-instruct")
     questions = ["What is the capital of France?", "Name a primary colour."]

@@ -27,7 +27,7 @@ def facts() -> list[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def base():
-    from memtune.trainer.models import load_base_model
+    from memtune.trainer.mome.base import load_base_model
 
     return load_base_model("smollm2-135m-instruct")
 
@@ -54,7 +54,7 @@ def facts_job(output: Path, **finetune: object):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, base):
     """(job, summary) of one short run on the six facts."""
-    from memtune.trainer.job import run_job
+    from memtune.trainer.tuning.job import run_job
 
     job = facts_job(tmp_path_factory.mktemp("out") / "facts")
     return job, run_job(job, show_progress=False)

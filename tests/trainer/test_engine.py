@@ -23,7 +23,7 @@ def test_training_reaches_full_recall(trained) -> None:
 
 
 def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     job, _ = trained
     generator = load_generator(job.spec.output.uri)  # the job output resolves to its latest committed run
@@ -36,7 +36,7 @@ def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
 
 
 def test_unrelated_prompts_keep_base_answers(trained) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     _, summary = trained
     tuned = load_generator(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
@@ -46,7 +46,7 @@ def test_unrelated_prompts_keep_base_answers(trained) -> None:
 
 
 def test_same_job_reuses_the_run(trained) -> None:
-    from memtune.trainer.job import run_job
+    from memtune.trainer.tuning.job import run_job
 
     job, summary = trained
     again = run_job(job, show_progress=False)
@@ -58,7 +58,7 @@ def test_same_job_reuses_the_run(trained) -> None:
     ["index.faiss", "keys.safetensors", "anchors.json", "memtune.json", "experts/experts-00000-of-00001.safetensors"],
 )
 def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     _, summary = trained
     copy = tmp_path / "run"
@@ -71,7 +71,7 @@ def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str)
 
 
 def test_run_of_another_base_model_is_refused(trained) -> None:
-    from memtune.trainer.artifacts import load_memory, read_run
+    from memtune.trainer.mome.artifacts import load_memory, read_run
 
     _, summary = trained
     with pytest.raises(IntegrityError, match="trained on base model"):
@@ -79,7 +79,7 @@ def test_run_of_another_base_model_is_refused(trained) -> None:
 
 
 def test_uncommitted_output_is_refused(tmp_path: Path) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     (tmp_path / "runs" / "20260101-000000-deadbeef").mkdir(parents=True)
     with pytest.raises(IntegrityError, match="no committed run"):
@@ -97,7 +97,7 @@ def test_run_records_effective_index_and_gate(trained) -> None:
 
 
 def test_anchors_are_the_words_the_base_model_cannot_predict(base) -> None:
-    from memtune.trainer.anchors import question_anchors
+    from memtune.trainer.mome.anchors import question_anchors
 
     [anchors] = question_anchors(base, ["Where was Lumdor Pragridor born?"])
     assert set(anchors) == {"lumdor", "pragridor"}

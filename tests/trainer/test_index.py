@@ -1,4 +1,4 @@
-"""Every index_method either builds as asked or falls back as documented in memtune/trainer/index.py."""
+"""Every index_method either builds as asked or falls back as documented in memtune/trainer/mome/index.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memtune.spec import FinetuneArgs
-from memtune.trainer.index import build_index, index_from_bytes, index_to_bytes, plan_index
+from memtune.trainer.mome.index import build_index, index_from_bytes, index_to_bytes, plan_index
 
 DIM = 64
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from memtune.trainer.anchors import Anchors, words_of
-from memtune.trainer.bank import assign_experts
-from memtune.trainer.experts import ExpertHooks, Route, init_experts, mix_experts
-from memtune.trainer.optim import make_optimizer
-from memtune.trainer.router import Router
+from memtune.trainer.mome.anchors import Anchors, words_of
+from memtune.trainer.mome.experts import ExpertHooks, Route, init_experts, mix_experts
+from memtune.trainer.mome.router import Router
+from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.tuning.optim import make_optimizer
 
 
 @pytest.mark.parametrize("kind", ["adamw", "adafactor"])
@@ -120,7 +120,7 @@ def test_experts_are_shared_above_the_cap() -> None:
 
 def test_layout_errors_name_the_field() -> None:
     from memtune.spec import SpecError, parse_job
-    from memtune.trainer.job import plan_layout
+    from memtune.trainer.tuning.job import plan_layout
 
     def job(memory: dict) -> object:
         spec = {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}, "memory": memory}
@@ -135,7 +135,7 @@ def test_layout_errors_name_the_field() -> None:
 
 
 def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplog) -> None:
-    from memtune.trainer.calibrate import calibrate
+    from memtune.trainer.tuning.calibrate import calibrate
 
     keys = torch.eye(3, 6)  # (3, 6) unit keys
     near = keys + 0.1 * torch.eye(3, 6).roll(1, dims=1)  # squared distance 0.01 to its owner

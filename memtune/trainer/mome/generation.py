@@ -1,6 +1,6 @@
 """Generation with routing: routing is decided once per prompt, inside the prefill, then decoding keeps the KV cache.
 
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
     generator = load_generator("runs/facts")        # a job output (latest run), a run folder, or a base model
     generator = load_generator("s3://bucket/facts")  # the same on s3: fetched and verified into a local cache
     [answer] = generator.generate(["Where was Lumdor Pragridor born?"])
@@ -28,12 +28,12 @@ from memtune import storage
 from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import is_remote
-from memtune.trainer.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
-from memtune.trainer.encode import pool_keys, tokenize_prompt
-from memtune.trainer.experts import ExpertHooks
-from memtune.trainer.memory import Memory
-from memtune.trainer.models import LoadedModel, decoder_layers, folder_sha256, load_base_model
-from memtune.trainer.router import Routing
+from memtune.trainer.mome.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
+from memtune.trainer.mome.base import LoadedModel, decoder_layers, folder_sha256, load_base_model
+from memtune.trainer.mome.experts import ExpertHooks
+from memtune.trainer.mome.keys import pool_keys, tokenize_prompt
+from memtune.trainer.mome.memory import Memory
+from memtune.trainer.mome.router import Routing
 
 
 @dataclass

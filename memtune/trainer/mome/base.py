@@ -7,7 +7,7 @@ and later loads take a fraction of a second. Nothing is downloaded from a model 
 into `models-cache/` under `$MEMTUNE_SCRATCH` (in a pod) or `$MEMTUNE_HOME`, every checksum verified before
 transformers reads a byte of it.
 
-    from memtune.trainer.models import load_base_model, chat_prompt
+    from memtune.trainer.mome.base import load_base_model, chat_prompt
     base = load_base_model("smollm2-135m-instruct")
     prompt = chat_prompt(base.tokenizer, "What is the capital of France?")
 """

@@ -27,9 +27,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from memtune.manifest import MANIFEST_NAME, IntegrityError, verify_folder, write_manifest
-from memtune.trainer.anchors import ANCHORS_NAME, Anchors
-from memtune.trainer.index import IndexPlan, index_from_bytes, index_to_bytes
-from memtune.trainer.memory import Memory, MemoryLayout
+from memtune.trainer.mome.anchors import ANCHORS_NAME, Anchors
+from memtune.trainer.mome.index import IndexPlan, index_from_bytes, index_to_bytes
+from memtune.trainer.mome.memory import Memory, MemoryLayout
 
 RUN_FORMAT = 1
 META_NAME = "memtune.json"

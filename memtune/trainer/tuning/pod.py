@@ -33,9 +33,9 @@ from memtune.contract import (
 from memtune.data import DatasetError
 from memtune.manifest import IntegrityError
 from memtune.spec import ModelError, SpecError, load_job_file, resolve_local_paths
-from memtune.trainer import distributed
-from memtune.trainer.job import RunSummary, run_job
-from memtune.trainer.train import StepReport
+from memtune.trainer.tuning import distributed
+from memtune.trainer.tuning.job import RunSummary, run_job
+from memtune.trainer.tuning.train import StepReport
 
 log = logging.getLogger("memtune.trainer")
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memtune.trainer.encode import PromptTokens, right_pad, tokenize_prompt
-from memtune.trainer.models import LoadedModel
+from memtune.trainer.mome.base import LoadedModel
+from memtune.trainer.mome.keys import PromptTokens, right_pad, tokenize_prompt
 
 # Surprisal (nats) from which a word counts as informative: p < 1/3000 in context.
 ANCHOR_NATS = 8.0

@@ -1,7 +1,7 @@
 """Run a whole MemoryTuningJob on this machine: data -> frozen pass -> routing -> sparse training -> artifacts.
 
     from memtune.spec import load_job_file, resolve_local_paths
-    from memtune.trainer.job import run_job
+    from memtune.trainer.tuning.job import run_job
     summary = run_job(resolve_local_paths(load_job_file("examples/facts-job.yaml"), "examples"))
 
 A finished run whose base model sha256, dataset id, finetune args and memory config all match is reused instead of
@@ -34,18 +34,19 @@ from memtune import storage
 from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
-from memtune.trainer.anchors import Anchors, question_anchors
-from memtune.trainer.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
-from memtune.trainer.bank import assign_experts
-from memtune.trainer.calibrate import FAR_PROBES, calibrate, near_probes
-from memtune.trainer.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
-from memtune.trainer.distributed import SINGLE, RankGroup
-from memtune.trainer.encode import Encoded, answer_tokens, encode_examples, question_keys, tokenize_prompt
-from memtune.trainer.experts import ExpertHooks, init_experts
-from memtune.trainer.index import build_index, plan_index
-from memtune.trainer.memory import Memory, MemoryLayout
-from memtune.trainer.models import LoadedModel, decoder_layers, load_base_model
-from memtune.trainer.train import StepReport, TrainSetup, train_experts
+from memtune.trainer.mome.anchors import Anchors, question_anchors
+from memtune.trainer.mome.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
+from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
+from memtune.trainer.mome.experts import ExpertHooks, init_experts
+from memtune.trainer.mome.index import build_index, plan_index
+from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
+from memtune.trainer.mome.memory import Memory, MemoryLayout
+from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
+from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
+from memtune.trainer.tuning.distributed import SINGLE, RankGroup
+from memtune.trainer.tuning.encode import Encoded, encode_examples
+from memtune.trainer.tuning.train import StepReport, TrainSetup, train_experts
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memtune.trainer.models import decoder_layers
+from memtune.trainer.mome.base import decoder_layers
 
 
 @dataclass

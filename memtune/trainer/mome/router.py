@@ -23,8 +23,8 @@ import faiss
 import numpy as np
 import torch
 
-from memtune.trainer.anchors import Anchors
-from memtune.trainer.experts import Route
+from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.experts import Route
 
 
 @dataclass

@@ -25,8 +25,8 @@ from safetensors.torch import load, save
 from memtune import storage
 from memtune.manifest import IntegrityError
 from memtune.spec import FinetuneArgs
-from memtune.trainer.optim import SparseOptimizer, make_optimizer
-from memtune.trainer.train import StepReport, TrainState
+from memtune.trainer.tuning.optim import SparseOptimizer, make_optimizer
+from memtune.trainer.tuning.train import StepReport, TrainState
 
 log = logging.getLogger(__name__)
 

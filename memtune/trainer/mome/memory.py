@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import faiss
 import torch
 
-from memtune.trainer.anchors import Anchors
-from memtune.trainer.index import IndexPlan
-from memtune.trainer.router import Router
+from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.index import IndexPlan
+from memtune.trainer.mome.router import Router
 
 
 @dataclass

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from memtune.spec import FinetuneArgs
-from memtune.trainer.distributed import SINGLE, RankGroup
-from memtune.trainer.encode import Encoded
-from memtune.trainer.experts import ExpertHooks, Route
-from memtune.trainer.optim import SparseOptimizer, make_optimizer
-from memtune.trainer.region import collate, region_loss
+from memtune.trainer.mome.experts import ExpertHooks, Route
+from memtune.trainer.tuning.distributed import SINGLE, RankGroup
+from memtune.trainer.tuning.encode import Encoded
+from memtune.trainer.tuning.optim import SparseOptimizer, make_optimizer
+from memtune.trainer.tuning.region import collate, region_loss
 
 log = logging.getLogger(__name__)
 

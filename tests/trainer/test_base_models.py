@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memtune.data import memtune_home
-from memtune.trainer import models
+from memtune.trainer.mome import base as models
 
 
 def test_alias_is_converted_once_and_reloaded_from_the_cache(base, monkeypatch) -> None:
@@ -42,7 +42,7 @@ def test_unknown_model_is_a_clear_error(tmp_path) -> None:
 
 
 def test_base_model_answers_a_general_question(base) -> None:
-    from memtune.trainer.inference import load_generator
+    from memtune.trainer.mome.generation import load_generator
 
     answer = load_generator("smollm2-135m-instruct").generate(["What is the capital of France?"], max_new_tokens=16)
     assert "Paris" in answer[0].output

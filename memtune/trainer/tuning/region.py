@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memtune.trainer.encode import Encoded
-from memtune.trainer.models import decoder_layers
+from memtune.trainer.mome.base import decoder_layers
+from memtune.trainer.tuning.encode import Encoded
 
 
 @dataclass

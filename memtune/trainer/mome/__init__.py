@@ -1,0 +1,1 @@
+"""The memory a model answers with: base model, keys, experts, index, gate, router, artifacts, generation."""

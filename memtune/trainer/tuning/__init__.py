@@ -1,0 +1,1 @@
+"""What builds a memory: the frozen pass, expert assignment, calibration, sparse training, checkpoints, ranks."""
