@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
+from transformers import LogitsProcessorList
 
 from memtune import storage
 from memtune.data import memtune_home
@@ -58,15 +59,29 @@ class Generator:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 8, min_new_tokens: int = 0
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        min_new_tokens: int = 0,
+        logits_processor: LogitsProcessorList | None = None,
     ) -> list[Answer]:
-        """Greedy answers; `min_new_tokens` ignores end-of-turn until then (latency measured at a fixed length)."""
+        """Greedy answers; `min_new_tokens` ignores end-of-turn until then (latency measured at a fixed length);
+        `logits_processor` constrains decoding (constrained.py), routing is unchanged."""
         answers: list[Answer] = []
         for start in range(0, len(prompts), batch_size):
-            answers.extend(self._generate_batch(prompts[start : start + batch_size], max_new_tokens, min_new_tokens))
+            batch = prompts[start : start + batch_size]
+            answers.extend(self._generate_batch(batch, max_new_tokens, min_new_tokens, logits_processor))
         return answers
 
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int, min_new_tokens: int) -> list[Answer]:
+    def _generate_batch(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        min_new_tokens: int,
+        logits_processor: LogitsProcessorList | None = None,
+    ) -> list[Answer]:
         tokenizer = self.base.tokenizer
         tokens = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
         width = max(len(t.ids) for t in tokens)
@@ -82,6 +97,8 @@ class Generator:
             "pad_token_id": pad,
             "eos_token_id": tokenizer.eos_token_id,
         }
+        if logits_processor is not None:
+            options["logits_processor"] = logits_processor
         if self.memory is None or self._router is None or self._hooks is None:
             return [Answer(text, None) for text in self._decode(self.base.model.generate(input_ids, **options), width)]
         decided: list[Routing] = []

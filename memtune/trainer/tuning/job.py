@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
 from memtune.trainer.tuning.encode import Encoded, encode_examples
+from memtune.trainer.tuning.schedule import plan_schedule
 from memtune.trainer.tuning.train import StepReport, TrainSetup, train_experts
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,42 @@ class RunSummary:
     recall: float
     """Share of training questions whose greedy answer is exactly the trained one."""
     seconds: float
+    unlearned: list[str] = field(default_factory=list)
+    """Questions whose greedy answer is not the trained one (at most UNLEARNED_KEPT of them; `unlearned_count`)."""
+    unlearned_count: int = 0
+    max_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def unlearned_message(self) -> str:
+        """What went unlearned and what to change; empty when every fact was learned."""
+        return unlearned_message(self.unlearned, self.unlearned_count, self.recall, self.steps, self.max_steps)
+
+
+UNLEARNED_KEPT = 20
+"""How many unlearned questions a run keeps in memtune.json and its summary (the count is always exact)."""
+
+
+def unlearned_message(questions: list[str], count: int, recall: float, steps: int, max_steps: int) -> str:
+    if not count:
+        return ""
+    shown = "; ".join(repr(question) for question in questions[:3])
+    more = f"; and {count - 3} more" if count > 3 else ""
+    if steps >= max_steps:
+        advice = (
+            f"the run used all {max_steps} steps: raise max_steps (to about {2 * max_steps}) or learning_rate "
+            "(recall rises with both)"
+        )
+    else:
+        advice = "training stopped early with these below stopLoss yet not exact: lower memory.stopLoss"
+    return f"{count} facts NOT learned (recall {recall:.1%}): {shown}{more}. {advice}"
+
 
 # Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
-# is learned only when every answer token is the argmax; 4: the anchored gate).
-TRAINING_REVISION = 4
+# is learned only when every answer token is the argmax; 4: the anchored gate; 5: learning_rate on Lamini's scale,
+# mapped by schedule.py, and a working set sized to max_steps).
+TRAINING_REVISION = 5
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
@@ -252,14 +281,20 @@ def run_job(
         location, meta = previous
         log.info("reusing %s (same base model, dataset, finetune args and memory config)", location)
         metrics = meta["metrics"]
-        return RunSummary(
+        reused = RunSummary(
             location,
             True,
             metrics["steps"],
             metrics["final_loss"],
             metrics["recall"],
             time.perf_counter() - started,
+            metrics.get("unlearned", []),
+            metrics.get("unlearned_count", 0),
+            args.max_steps,
         )
+        if reused.unlearned_count:
+            log.warning("%s", reused.unlearned_message())
+        return reused
 
     lines = len(examples)
     examples = _one_answer_per_question(examples)
@@ -270,15 +305,18 @@ def run_job(
     # (N, k) each: rank 0's index decides, so no rank can route differently
     group.broadcast_(routes.experts)
     group.broadcast_(routes.weights)
+    schedule = plan_schedule(args, spec.memory.batchSize, len(examples))
+    log.info("schedule for learning_rate %g (Lamini's scale): %s", args.learning_rate, schedule.to_dict())
+    trainer_args = schedule.trainer_args(args)
     checkpoints = checkpoint_uri(spec.output.uri, key)
-    resumed = load_checkpoint(checkpoints, memory.params, args)
+    resumed = load_checkpoint(checkpoints, memory.params, trainer_args)
     optimizer, state = resumed if resumed is not None else (None, None)
     hooks = ExpertHooks(base.model, layout.expert_layers)
     try:
         setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
         result = train_experts(
             setup,
-            args,
+            trainer_args,
             spec.memory.batchSize,
             spec.memory.stopLoss,
             _report_progress(show_progress, on_step),
@@ -292,8 +330,11 @@ def run_job(
     if show_progress:
         print()
     recall = float(result.exact.float().mean())
+    missed = [examples[i].input for i in (~result.exact).nonzero()[:, 0].tolist()]
     if not group.is_rank0:
         return RunSummary("", False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    if missed:
+        log.warning("%s", unlearned_message(missed, len(missed), recall, result.steps, args.max_steps))
     run_id = storage.new_run_id()
     remote = is_remote(spec.output.uri)
     folder = (_scratch_runs() if remote else runs_dir(spec.output.uri)) / run_id
@@ -303,6 +344,8 @@ def run_job(
         "recall": recall,
         "examples": lines,
         "questions": len(examples),
+        "unlearned_count": len(missed),
+        "unlearned": missed[:UNLEARNED_KEPT],
     }
     meta = {
         "base_model": {"id": spec.baseModel, "sha256": base.sha256},
@@ -311,6 +354,7 @@ def run_job(
         "gate": gate,
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
+        "schedule": schedule.to_dict(),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
     save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
@@ -323,4 +367,14 @@ def run_job(
         storage.remove_tree(checkpoints)
     except storage.StorageError as error:  # the run is committed: a leftover checkpoint only costs space
         log.warning("could not delete the checkpoints at %s: %s", checkpoints, error)
-    return RunSummary(location, False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    return RunSummary(
+        location,
+        False,
+        result.steps,
+        result.final_loss,
+        recall,
+        time.perf_counter() - started,
+        missed[:UNLEARNED_KEPT],
+        len(missed),
+        args.max_steps,
+    )
