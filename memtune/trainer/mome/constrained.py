@@ -51,8 +51,8 @@ class SchemaConstraint(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (B, T) prompt + generated so far; scores (B, V) -> scores with disallowed tokens at -inf."""
-        mask = torch.full_like(scores, float("-inf"))
+        allowed = torch.zeros(scores.shape, dtype=torch.bool)  # (B, V)
         for row, ids in enumerate(input_ids.tolist()):
-            allowed = self._enforcer.get_allowed_tokens(ids).allowed_tokens
-            mask[row, [token for token in allowed if token < scores.shape[1]]] = 0.0
-        return scores + mask
+            tokens = torch.as_tensor(self._enforcer.get_allowed_tokens(ids).allowed_tokens, dtype=torch.long)
+            allowed[row, tokens[tokens < scores.shape[1]]] = True
+        return scores.masked_fill(~allowed, float("-inf"))
