@@ -22,18 +22,18 @@ a JSON object with exactly these keys and types (`memtune.trainer.mome.constrain
 from __future__ import annotations
 
 import json
-import logging
 import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from memtune import data, output_types
 from memtune.spec import (
-    _DNS_1035,
     DEFAULT_BASE_MODEL,
-    MAX_JOB_NAME_LENGTH,
     MemoryTuningJob,
+    ObjectMeta,
     SpecError,
     is_remote,
     parse_finetune_args,
@@ -41,7 +41,6 @@ from memtune.spec import (
     parse_job,
 )
 
-log = logging.getLogger(__name__)
 _DATASET_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -302,7 +301,7 @@ class MemoryTuner:
 
     def _resolve_model(self, name: str) -> str:
         """A job name under `output_root` (a `custom_model_name`) means that job's output; anything else is as given."""
-        if not _DNS_1035.match(name) or len(name) > MAX_JOB_NAME_LENGTH:
+        if _name_problem(name) is not None:
             return name
         job_output = f"{self.output_root.rstrip('/')}/{name}"
         if is_remote(job_output):
@@ -357,15 +356,21 @@ def _job_name(job_name: str | None, custom_model_name: str | None, is_public: bo
              "output_root; leave is_public unset or False")
         )  # fmt: skip
     if custom_model_name is not None:
-        if not isinstance(custom_model_name, str) or not _DNS_1035.match(custom_model_name):
-            problems.append(
-                ("custom_model_name", f"must be a DNS-1035 label (lowercase letters, digits and '-', starting with a "
-                 f"letter), since it names the MemoryTuningJob; got {custom_model_name!r}")
-            )  # fmt: skip
-        elif len(custom_model_name) > MAX_JOB_NAME_LENGTH:
-            problems.append(("custom_model_name", f"at most {MAX_JOB_NAME_LENGTH} characters"))
+        problem = _name_problem(custom_model_name)
+        if problem is not None:
+            problems.append(("custom_model_name", f"it names the MemoryTuningJob, so it {problem}"))
         elif job_name is not None and job_name != custom_model_name:
             problems.append(("custom_model_name", f"differs from job_name {job_name!r}; give one of them"))
     if problems:
         raise SpecError(problems, "train()")
     return custom_model_name or job_name
+
+
+def _name_problem(name: object) -> str | None:
+    """Why `name` cannot name a MemoryTuningJob (spec.ObjectMeta's rule), or None when it can."""
+    try:
+        ObjectMeta.model_validate({"name": name})
+    except ValidationError as error:
+        messages = (item["msg"].removeprefix("Value error, ") for item in error.errors())
+        return "; ".join(message[:1].lower() + message[1:] for message in messages)
+    return None
