@@ -52,7 +52,7 @@ def test_lamini_train_arguments_are_honoured_or_refused(tmp_path):
     tuner = MemoryTuner(store=str(tmp_path / "store"), output_root=str(tmp_path / "jobs"))
     with pytest.raises(SpecError, match=r"is_public: memtune is self-hosted and has no public model hub"):
         tuner.train(RECORDS, is_public=True)
-    with pytest.raises(SpecError, match=r"custom_model_name: it names the MemoryTuningJob, so it must be a DNS-1035 label"):
+    with pytest.raises(SpecError, match=r"custom_model_name: it names the MemoryTuningJob, so it must be a DNS-1035"):
         tuner.train(RECORDS, custom_model_name="My Model")
     with pytest.raises(SpecError, match=r"custom_model_name: differs from job_name"):
         tuner.train(RECORDS, custom_model_name="facts-a", job_name="facts-b")
