@@ -37,3 +37,11 @@ def test_a_full_run_reports_nothing_unlearned(make_job, tmp_path: Path) -> None:
     summary = run_job(load_job_file(make_job(str(tmp_path / "out"))), show_progress=False)
     assert summary.recall == 1.0
     assert (summary.unlearned, summary.unlearned_count, summary.unlearned_message()) == ([], 0, "")
+
+
+def test_compare_base_caps_the_base_column(make_job, tmp_path: Path) -> None:
+    manifest = make_job(str(tmp_path / "out"), name="compare", max_steps=1)
+    result = CliRunner().invoke(app, ["run", str(manifest), "--compare-base"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    assert "base answer (first 24 tokens)" in result.output
+    assert "…" in result.output  # the random tiny model rambles: its answers are cut, visibly
