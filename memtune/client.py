@@ -42,6 +42,8 @@ from memtune.spec import (
 )
 
 _DATASET_ID = re.compile(r"^[0-9a-f]{64}$")
+CONSTRAINED_STRING_CHARS = 200
+"""Longest string value constrained decoding may write: a small model can ramble inside a string."""
 
 
 class MemoryTuner:
@@ -293,9 +295,14 @@ class MemoryTuner:
                 shaped.append(None)
         again = [i for i, value in enumerate(shaped) if value is None]
         if again:
-            schema = output_types.json_schema(output_type)
+            schema = output_types.json_schema(output_type, max_string=CONSTRAINED_STRING_CHARS)
             constrained = self._answers(model, [prompts[i] for i in again], max_tokens, max_new_tokens, schema)
             for i, text in zip(again, constrained, strict=True):
+                if output_types.find_object(text) is None:  # the grammar admits nothing else: the token limit hit
+                    key = next(iter(output_type))
+                    raise output_types.OutputTypeError(
+                        key, "the JSON object was cut by the token limit before it closed; raise max_new_tokens", text
+                    )
                 shaped[i] = output_types.parse_object(text, output_type)
         return [value for value in shaped if value is not None]
 

@@ -165,10 +165,11 @@ def parse_object(answer: str, output_type: OutputType) -> dict[str, Any]:
     return shaped
 
 
-def json_schema(output_type: OutputType) -> dict[str, Any]:
-    """The JSON Schema of the object `output_type` describes: every key required, nothing else allowed."""
-    kinds = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"}}
-    kinds["bool"] = {"type": "boolean"}
+def json_schema(output_type: OutputType, max_string: int | None = None) -> dict[str, Any]:
+    """The JSON Schema of the object `output_type` describes: every key required, nothing else allowed; string
+    values at most `max_string` characters when given (constrained decoding then closes them in time)."""
+    string: dict[str, Any] = {"type": "string", **({"maxLength": max_string} if max_string else {})}
+    kinds = {"str": string, "int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"}}
     properties = {key: {"enum": kind} if isinstance(kind, list) else kinds[kind] for key, kind in output_type.items()}
     return {
         "type": "object",
