@@ -19,8 +19,8 @@ move: the small-data recipe taken literally learned 0 of 15 facts in its 50 step
   root every documented recipe converges inside its own budget (README, "Lamini's recipes").
 
 **The working set.** At a step of s = expert_lr * r_value a fact needs about
-REFERENCE_UPDATES * (REFERENCE_STEP / s) ** UPDATES_EXPONENT consecutive updates (measured on 15 facts at ranks 16
-to 64). The trainer fits `batchSize * gradient_accumulation_steps` facts into one update; when N facts times that
+REFERENCE_UPDATES * max(1, REFERENCE_STEP / s) ** UPDATES_EXPONENT consecutive updates (measured on 15 facts at ranks
+16 to 64). The trainer fits `batchSize * gradient_accumulation_steps` facts into one update; when N facts times that
 many updates (times MARGIN) would not fit in `max_steps`, more facts share each update (more micro-batches, at
 most N), so every fact gets its updates within the budget. A step is still one optimizer update; only how many
 facts it carries changes, and the work per fact is the same.
@@ -43,7 +43,8 @@ RATE_EXPONENT = 0.5
 REFERENCE_UPDATES = 20.0
 """Updates a fact takes at the reference step (15 facts: 20-23 at rank 16; see the README's recipe table)."""
 UPDATES_EXPONENT = 0.66
-"""Updates grow as step ** -0.66: 50 updates at a quarter of the reference step (rank 32, lr 1.25e-3)."""
+"""Below the reference step updates grow as step ** -0.66 (50 at a quarter of it: rank 32, expert lr 1.25e-3); above
+it they stay near REFERENCE_UPDATES (23 at four times it, with a noisier loss), so the estimate never drops below."""
 MARGIN = 1.5
 """Head room on the estimate (facts relapse, some answers are long)."""
 
@@ -77,7 +78,7 @@ def expert_rate(learning_rate: float, r_value: int) -> float:
 def updates_needed(expert_lr: float, r_value: int) -> int:
     """Estimated consecutive updates a fact takes at this step size."""
     step = expert_lr * r_value
-    return math.ceil(REFERENCE_UPDATES * (REFERENCE_STEP / step) ** UPDATES_EXPONENT)
+    return math.ceil(REFERENCE_UPDATES * max(1.0, REFERENCE_STEP / step) ** UPDATES_EXPONENT)
 
 
 def plan_schedule(args: FinetuneArgs, batch_size: int, questions: int) -> Schedule:
