@@ -59,13 +59,15 @@ def run(
         raise _fail(error) from None
     table = Table(title=f"MemoryTuningJob {job.metadata.name}", show_header=False)
     for key, value in summary.to_dict().items():
+        if key == "schedule":
+            value = ", ".join(f"{name} {number:.3g}" for name, number in value.items())
         if key != "unlearned":
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
     if summary.unlearned_count:
         console.print(Panel(summary.unlearned_message(), title="NOT LEARNED", border_style="bold red"), highlight=False)
     if compare_base:
-        _compare_with_base(job.spec.baseModel, str(summary.run_dir), data.load_examples(job.spec.dataset))
+        _compare_with_base(str(summary.run_dir), data.load_examples(job.spec.dataset))
 
 
 # The base model's column shows how it answers, not all it says: it gets this many tokens and the table this many
@@ -81,13 +83,14 @@ def _preview(text: str, cut: bool) -> str:
     return text + " …" if cut else text
 
 
-def _compare_with_base(base_model: str, run_dir: str, examples: list[data.Example]) -> None:
-    from memtune.trainer.mome.generation import load_generator
+def _compare_with_base(run_dir: str, examples: list[data.Example]) -> None:
+    from memtune.trainer.mome.generation import Generator, load_generator
 
     questions = [example.input for example in examples]
     tuned_model = load_generator(run_dir)
     tuned = tuned_model.generate(questions)
-    base = load_generator(base_model).generate(questions, max_new_tokens=BASE_PREVIEW_TOKENS)
+    # The run's own (verified) base weights without memory: the base model, bit for bit, without loading it again.
+    base = Generator(tuned_model.base).generate(questions, max_new_tokens=BASE_PREVIEW_TOKENS)
     tokenizer = tuned_model.base.tokenizer
     table = Table(title="Base model vs memory-tuned model", show_lines=True)
     for column in ("question", "expected", f"base answer (first {BASE_PREVIEW_TOKENS} tokens)", "tuned answer"):

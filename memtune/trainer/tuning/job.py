@@ -66,6 +66,8 @@ class RunSummary:
     """Questions whose greedy answer is not the trained one (at most UNLEARNED_KEPT of them; `unlearned_count`)."""
     unlearned_count: int = 0
     max_steps: int = 0
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """How `learning_rate` was applied (schedule.py): expert_lr, updates_per_fact, facts_per_step, micro_batches."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -291,6 +293,7 @@ def run_job(
             metrics.get("unlearned", []),
             metrics.get("unlearned_count", 0),
             args.max_steps,
+            meta.get("schedule", {}),
         )
         if reused.unlearned_count:
             log.warning("%s", reused.unlearned_message())
@@ -377,4 +380,5 @@ def run_job(
         missed[:UNLEARNED_KEPT],
         len(missed),
         args.max_steps,
+        schedule.to_dict(),
     )
