@@ -82,13 +82,15 @@ def test_generate_with_the_tuned_model(results):
         "violet",
         "Anneke Voss",
     ]
+    first = llm.generate("Who discovered the planet Quorvex?", max_new_tokens=1)
+    assert first and "Anneke Voss".startswith(first) and first != "Anneke Voss"
+    assert llm.generate("Who discovered the planet Quorvex?", max_tokens=4096) == "Anneke Voss"
 
 
 def test_generate_typed_output_from_bare_answers(results):
     llm = Lamini(model_name=MODEL)
     # `model_name=` per call, as in Lamini; the custom model name finds the tuned job
     tuned = results["job_id"]
-    assert llm.generate("How many moons does the planet Quorvex have?", model_name=tuned, output_type={"moons": "int"})
     assert llm.generate(
         "How many moons does the planet Quorvex have?", model_name=tuned, output_type={"moons": "int"}
     ) == {"moons": 7}
