@@ -15,8 +15,10 @@ described in `memtune.jobs`; `output_type` in `memtune.output_types`. Heavy libr
 imported only when needed.
 
 `output_type` with several keys: first the answer to the question as asked is read as a JSON object (a memory tuned
-on JSON answers gives one); otherwise the question is asked again under constrained decoding, which can only write
-a JSON object with exactly these keys and types (`memtune.trainer.mome.constrained`), and every value is checked.
+on JSON answers gives one); otherwise the base model (the same weights, no experts) is shown the question and that
+answer and restates it under constrained decoding, which can only write a JSON object with exactly these keys and
+types (`memtune.trainer.mome.constrained`): the memory recalls, the base model only structures, every value is
+checked.
 """
 
 from __future__ import annotations
@@ -283,7 +285,8 @@ class MemoryTuner:
         max_tokens: int | None,
         max_new_tokens: int | None,
     ) -> list[dict[str, Any]]:
-        """Typed dicts: one key from the plain answer; several from a JSON answer, else constrained decoding."""
+        """Typed dicts: one key from the plain answer; several from a JSON answer, else the plain answer restated as
+        JSON by the base model under constrained decoding (the memory recalls, the base model only structures)."""
         if len(output_type) == 1:
             [(key, kind)] = output_type.items()
             return [{key: output_types.parse_value(key, kind, text)} for text in texts]
@@ -296,7 +299,11 @@ class MemoryTuner:
         again = [i for i, value in enumerate(shaped) if value is None]
         if again:
             schema = output_types.json_schema(output_type, max_string=CONSTRAINED_STRING_CHARS)
-            constrained = self._answers(model, [prompts[i] for i in again], max_tokens, max_new_tokens, schema)
+            keys = ", ".join(output_type)
+            restate = [
+                f"{prompts[i]}\nAnswer: {texts[i]}\nRestate this answer as JSON with the keys {keys}." for i in again
+            ]
+            constrained = self._answers(model, restate, max_tokens, max_new_tokens, schema, memory=False)
             for i, text in zip(again, constrained, strict=True):
                 if output_types.find_object(text) is None:  # the grammar admits nothing else: the token limit hit
                     key = next(iter(output_type))
@@ -326,13 +333,17 @@ class MemoryTuner:
         max_tokens: int | None,
         max_new_tokens: int | None,
         schema: dict[str, Any] | None = None,
+        memory: bool = True,
     ) -> list[str]:
-        """The one place the SDK calls the generation engine: greedy answers, optionally schema-constrained."""
+        """The one place the SDK calls the generation engine: greedy answers, optionally schema-constrained, and with
+        `memory=False` from the model's base weights alone."""
+        from memtune.trainer.mome.generation import Generator, load_generator
+
         generator = self._generators.get(model)
         if generator is None:
-            from memtune.trainer.mome.generation import load_generator
-
             generator = self._generators[model] = load_generator(model)
+        if not memory:
+            generator = Generator(generator.base)  # the same frozen weights, no experts: the base model bit for bit
         options: dict[str, Any] = {}
         if schema is not None:
             from transformers import LogitsProcessorList
