@@ -5,8 +5,8 @@ questions outnumber `index_max_size` (see bank.py). For a query key q:
 
     slots, _ = index.search(q, k)                      # (B, k) nearest trained questions
     dist     = ||q - keys[slots]||²                    # (B, k) exact, even when the index is approximate (PQ)
-    allowed  = anchors.allows(slots, prompts)          # (B, k) the prompt holds enough of that question's anchors
-    dist     = dist where allowed, else inf            # a question whose anchors are missing cannot answer
+    allowed  = anchors.allows(slots, evidence)         # (B, k) same hard units, anchor agreement >= share
+    dist     = dist where allowed, else inf            # a question that names other things cannot answer
     weights  = softmax(-dist / temperature)            # (B, k) the nearest question dominates
     gated    = dist[:, 0] > threshold                  # (B,)  too far from every trained question: base model
 
@@ -23,8 +23,9 @@ import faiss
 import numpy as np
 import torch
 
-from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.anchors import Anchors, evidence
 from memtune.trainer.mome.experts import Route
+from memtune.trainer.mome.keys import PromptTokens
 
 
 @dataclass
@@ -72,8 +73,19 @@ class Router:
         self.temperature = temperature
         self.anchors = anchors if threshold is not None else None
 
-    def __call__(self, query: torch.Tensor, prompts: Sequence[str] | None = None) -> Routing:
-        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it)."""
+    def __call__(
+        self,
+        query: torch.Tensor,
+        prompts: Sequence[str] | None = None,
+        *,
+        tokens: Sequence[PromptTokens] | None = None,
+        token_nats: Sequence[Sequence[float]] | None = None,
+    ) -> Routing:
+        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it).
+
+        tokens / token_nats: each prompt's chat tokens and their surprisal under the base model (nats, see
+        anchors.evidence), from generation's prefill; without them a prompt's foreign anchors are only the units
+        that are anchors of some trained question."""
         _, slots = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.k)  # (B, k)
         slots_t = torch.from_numpy(slots).clamp(min=0)  # -1 marks "fewer than k found" (IVF/HNSW); reuse slot 0
         dist = ((query[:, None, :] - self.keys[slots_t]) ** 2).sum(-1)  # (B, k)
@@ -83,7 +95,11 @@ class Router:
         closest = dist[:, 0].clone()
         limit = torch.full_like(closest, float("inf") if self.threshold is None else self.threshold)  # (B,)
         if self.anchors is not None and prompts is not None:
-            dist = dist.masked_fill(~self.anchors.allows(slots_t, prompts), float("inf"))
+            seen = [
+                evidence(text, None if tokens is None else tokens[row], None if token_nats is None else token_nats[row])
+                for row, text in enumerate(prompts)
+            ]
+            dist = dist.masked_fill(~self.anchors.allows(slots_t, seen), float("inf"))
             order = dist.argsort(dim=1, stable=True)
             dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
             if self.anchored_threshold is not None:

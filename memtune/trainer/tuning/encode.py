@@ -10,7 +10,7 @@ For each example this gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,11 +44,10 @@ def encode_examples(
     key_layer: int,
     first: int,
     batch_size: int = 16,
-) -> list[Encoded]:
-    """Run the base model over (question, answer) pairs once and keep keys, prefix caches (layers `first` and up)
-    and answer regions (entering layer `first`)."""
+) -> Iterator[Encoded]:
+    """Run the base model over (question, answer) pairs once and yield, in order, their keys, prefix caches (layers
+    `first` and up) and answer regions (entering layer `first`); one batch is in memory at a time."""
     top = range(first, len(decoder_layers(base.model)))
-    encoded: list[Encoded] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         prompts = [tokenize_prompt(base.tokenizer, q) for q, _ in chunk]
@@ -63,13 +62,10 @@ def encode_examples(
         kv_v = torch.stack([cache.layers[layer].values for layer in top], 1)
         for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
             p, a = len(prompt.ids), len(answer)
-            encoded.append(
-                Encoded(
-                    key=keys[row].clone(),
-                    prefix_k=kv_k[row, :, :, : p - 1].clone(),
-                    prefix_v=kv_v[row, :, :, : p - 1].clone(),
-                    region=captured[first][row, p - 1 : p - 1 + a].clone(),
-                    targets=torch.tensor(answer),
-                )
+            yield Encoded(
+                key=keys[row].clone(),
+                prefix_k=kv_k[row, :, :, : p - 1].clone(),
+                prefix_v=kv_v[row, :, :, : p - 1].clone(),
+                region=captured[first][row, p - 1 : p - 1 + a].clone(),
+                targets=torch.tensor(answer),
             )
-    return encoded

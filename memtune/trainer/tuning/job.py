@@ -31,10 +31,11 @@ from typing import Any
 import torch
 
 from memtune import storage
+from memtune.contract import ENV_SCRATCH
 from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
-from memtune.trainer.mome.anchors import Anchors, question_anchors
+from memtune.trainer.mome.anchors import Anchors, text_evidence
 from memtune.trainer.mome.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
 from memtune.trainer.mome.experts import ExpertHooks, init_experts
@@ -45,7 +46,8 @@ from memtune.trainer.tuning.bank import assign_experts
 from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
-from memtune.trainer.tuning.encode import Encoded, encode_examples
+from memtune.trainer.tuning.encode import encode_examples
+from memtune.trainer.tuning.store import EncodedStore
 from memtune.trainer.tuning.train import StepReport, TrainSetup, train_experts
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,9 @@ class RunSummary:
 
 
 # Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
-# is learned only when every answer token is the argmax; 4: the anchored gate).
-TRAINING_REVISION = 4
+# is learned only when every answer token is the argmax; 4: the anchored gate; 5: anchors over units of any script, hard
+# units, foreign anchors).
+TRAINING_REVISION = 5
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
@@ -137,7 +140,7 @@ def reusable_run(output: str, key: str) -> tuple[str, dict[str, Any]] | None:
 
 def _scratch_runs() -> Path:
     """Where a run destined for object storage is assembled (the contract's writable `$MEMTUNE_SCRATCH`)."""
-    root = os.environ.get("MEMTUNE_SCRATCH") or tempfile.mkdtemp(prefix="memtune-")
+    root = os.environ.get(ENV_SCRATCH) or tempfile.mkdtemp(prefix="memtune-")
     return Path(root) / "runs"
 
 
@@ -153,11 +156,17 @@ def _calibrated_threshold(
 
 
 def build_memory(
-    base: LoadedModel, examples: list[Example], job: MemoryTuningJob, layout: MemoryLayout, group: RankGroup = SINGLE
-) -> tuple[Memory, list[Encoded | None], dict]:
-    """Frozen pass, expert assignment, index and gate; returns the untrained memory, encoded examples, gate info.
+    base: LoadedModel,
+    examples: list[Example],
+    job: MemoryTuningJob,
+    layout: MemoryLayout,
+    encoded: EncodedStore,
+    group: RankGroup = SINGLE,
+) -> tuple[Memory, dict]:
+    """Frozen pass into `encoded`, expert assignment, index and gate; returns the untrained memory and gate info.
 
-    Each rank encodes only the examples it owns (None elsewhere in the list); the keys are all-gathered.
+    Each rank encodes only the examples it owns (the store has None for the others); the keys are all-gathered.
+    Encoded examples go to a scratch file (store.py): resident memory does not grow with the facts.
     """
     owned = group.owned(list(range(len(examples))))
     mine = encode_examples(
@@ -167,10 +176,11 @@ def build_memory(
         layout.expert_layers[0],
         job.spec.memory.batchSize,
     )
-    encoded: list[Encoded | None] = [None] * len(examples)
+    key_rows = []
     for i, example in zip(owned, mine, strict=True):
-        encoded[i] = example
-    own_keys = torch.stack([e.key for e in mine]) if mine else torch.empty(0, base.model.config.hidden_size)
+        key_rows.append(example.key)
+        encoded.add(i, example)
+    own_keys = torch.stack(key_rows) if key_rows else torch.empty(0, base.model.config.hidden_size)
     keys = group.interleave(own_keys, len(examples))  # (N, d)
     args = job.spec.finetuneArgs
     slot_expert = assign_experts(keys, args.index_max_size, job.spec.memory.seed)
@@ -188,11 +198,11 @@ def build_memory(
         layout.threshold = gate["threshold"]
     anchors = None
     if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
-        anchors = Anchors(question_anchors(base, [e.input for e in examples]), job.spec.memory.anchorShare)
-        gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot)
+        anchors = Anchors(text_evidence(base, [e.input for e in examples]), job.spec.memory.anchorShare)
+        gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot.anchors)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
-    return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
+    return Memory(layout, params, keys, slot_expert, index, plan, anchors), gate
 
 
 def _one_answer_per_question(examples: list[Example]) -> list[Example]:
@@ -264,17 +274,18 @@ def run_job(
     lines = len(examples)
     examples = _one_answer_per_question(examples)
     layout = plan_layout(job, len(decoder_layers(base.model)))
-    memory, encoded, gate = build_memory(base, examples, job, layout, group)
-    # each question routes as generation will route it (never gated: its own key and anchors match)
-    routes = memory.router()(memory.keys, [e.input for e in examples]).route
-    # (N, k) each: rank 0's index decides, so no rank can route differently
-    group.broadcast_(routes.experts)
-    group.broadcast_(routes.weights)
-    checkpoints = checkpoint_uri(spec.output.uri, key)
-    resumed = load_checkpoint(checkpoints, memory.params, args)
-    optimizer, state = resumed if resumed is not None else (None, None)
+    encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
     hooks = ExpertHooks(base.model, layout.expert_layers)
     try:
+        memory, gate = build_memory(base, examples, job, layout, encoded, group)
+        # each question routes as generation will route it (never gated: its own key and anchors match)
+        routes = memory.router()(memory.keys, [e.input for e in examples]).route
+        # (N, k) each: rank 0's index decides, so no rank can route differently
+        group.broadcast_(routes.experts)
+        group.broadcast_(routes.weights)
+        checkpoints = checkpoint_uri(spec.output.uri, key)
+        resumed = load_checkpoint(checkpoints, memory.params, args)
+        optimizer, state = resumed if resumed is not None else (None, None)
         setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
         result = train_experts(
             setup,
@@ -289,6 +300,7 @@ def run_job(
         )
     finally:
         hooks.remove()
+        encoded.close()
     if show_progress:
         print()
     recall = float(result.exact.float().mean())
