@@ -49,7 +49,10 @@ def test_every_bad_line_is_reported_by_number_in_one_error(tmp_path):
 def test_json_array_items_are_numbered_and_extra_keys_ignored(tmp_path):
     path = tmp_path / "facts.json"
     path.write_text(json.dumps([*GOOD, {"output": "no question"}]), encoding="utf-8")
-    with pytest.raises(data.DatasetError, match="line 3: missing key 'input'"):
+    with pytest.raises(data.DatasetError, match="line 1: item 3: missing key 'input'"):
+        data.read_examples(str(path))
+    path.write_text(json.dumps([*GOOD, {"output": "no question"}], indent=2), encoding="utf-8")
+    with pytest.raises(data.DatasetError, match="line 11: item 3: missing key 'input'"):  # the line it starts on
         data.read_examples(str(path))
     path.write_text(json.dumps(GOOD), encoding="utf-8")
     assert [e.output for e in data.read_examples(f"file://{path}")] == ["Anneke Voss", "1847"]
