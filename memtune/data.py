@@ -41,13 +41,15 @@ class Example:
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be used. `problems` holds one `(line, message)` per bad record (line 0: whole file)."""
+    """A dataset cannot be used. `problems` holds one `(line, message)` per bad record (line 0: whole file).
 
-    def __init__(self, source: str, problems: list[tuple[int, str]]):
+    `unit` names what the numbers count: file lines, or the records of a list handed to the SDK."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]], unit: Literal["line", "record"] = "line"):
         self.source = source
         self.problems = problems
         shown = problems[:50]
-        lines = "\n".join(f"  - line {line}: {message}" if line else f"  - {message}" for line, message in shown)
+        lines = "\n".join(f"  - {unit} {line}: {message}" if line else f"  - {message}" for line, message in shown)
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         super().__init__(f"{source}: {len(problems)} bad record{'s' * (len(problems) != 1)}:\n{lines}{more}")
 
@@ -99,6 +101,22 @@ def parse_records(text: str, source: str, input_key: str = "input", output_key: 
         raise DatasetError(source, problems)
     if not examples:
         raise DatasetError(source, [(0, "no records")])
+    return examples
+
+
+def examples_from_records(
+    records: Sequence[Any], input_key: str = "input", output_key: str = "output", source: str = "records"
+) -> list[Example]:
+    """Records handed over as Python objects (the SDK's `upload_data`), checked like a file's, named by position."""
+    examples: list[Example] = []
+    problems: list[tuple[int, str]] = []
+    for number, record in enumerate(records, start=1):
+        errors = _record_errors(record, input_key, output_key)
+        problems.extend((number, message) for message in errors)
+        if not errors:
+            examples.append(Example(record[input_key], record[output_key], number))
+    if problems or not examples:
+        raise DatasetError(source, problems or [(0, "no records")], unit="record")
     return examples
 
 
