@@ -19,12 +19,15 @@ CREDENTIAL_NAME = (
     r"(?i)(^|[_.-])(SECRETS?|PASSWORD|PASSWD|TOKEN|APIKEY|CREDENTIALS?|SESSION[_.-]?TOKEN"
     r"|(API|ACCESS|PRIVATE|SIGNING|ENCRYPTION)[_.-]?KEY)([_.-]|$)"
 )
-# A URI that starts with scheme://user[:password]@host: credentials inside a URI (RE2-compatible, for CEL too).
-URI_USERINFO = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@"
+# scheme://user[:password]@host: credentials inside a URI. A password may hold "/" (AWS secret keys do), so
+# "name:" followed by anything but a port number, then "@", counts too. RE2-compatible (no lookahead): CEL uses it.
+_USERINFO_BODY = r"([^/?#@ ]*@|[^/?#@: ]*:([^0-9/?#@ ]|[0-9]+[^0-9/?#@ ])[^@ ]*@)"
+_SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]*://"
+URI_USERINFO = f"^{_SCHEME}{_USERINFO_BODY}"
 # Anywhere in a value: a URI with userinfo, an AWS access key id, a PEM private key (RE2-compatible, for CEL too).
-CREDENTIAL_VALUE = r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@ ]*@|(AKIA|ASIA)[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+CREDENTIAL_VALUE = f"{_SCHEME}{_USERINFO_BODY}|(AKIA|ASIA)[0-9A-Z]{{16}}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 _CREDENTIAL_VALUE = re.compile(CREDENTIAL_VALUE)
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
+_USERINFO = re.compile(f"({_SCHEME}){_USERINFO_BODY}".replace(" ", "\\s"))
 _KEYS = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
 # Variables of this process whose values are never shown (the trainer's storage Secret lands here).
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
