@@ -55,7 +55,8 @@ def _cel_failures(schema: dict[str, Any], new: Any, old: Any, path: str) -> list
 
 def crd_problems(new: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     schema_errors = [error.message for error in jsonschema.Draft4Validator(SCHEMA).iter_errors(new)]
-    return schema_errors + _cel_failures(SCHEMA, new, old, "")
+    # Like the API server, rules run only on an object that fits the schema (a rule never sees a wrong type).
+    return schema_errors or _cel_failures(SCHEMA, new, old, "")
 
 
 def _with(path: str, value: Any, base: dict[str, Any] = BASE) -> dict[str, Any]:
