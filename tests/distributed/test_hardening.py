@@ -59,6 +59,7 @@ def test_pickled_weights_are_refused_and_the_documented_conversion_loads(
         assert models.load_base_model(str(old)).sha256 == models.folder_sha256(old)
         (old / "model.safetensors").unlink()
 
+    assert models.CONVERT_COMMAND in (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     command = models.CONVERT_COMMAND.replace("OLD_FOLDER", str(old)).replace("NEW_FOLDER", str(tmp_path / "new"))
     argv = shlex.split(command)
     subprocess.run([sys.executable, *argv[1:]], check=True, capture_output=True, timeout=300)
