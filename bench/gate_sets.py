@@ -64,7 +64,10 @@ PRODUCT: dict[str, tuple[str, str, Callable[[Rng], str]]] = {
         lambda r: f"Warehouse {_name(r, 2)}",
     ),
 }
-VAULT = ("What is the access code of vault {n} in the {a} archive?", "Which access code opens vault {n} of the {a} archive?")
+VAULT = (
+    "What is the access code of vault {n} in the {a} archive?",
+    "Which access code opens vault {n} of the {a} archive?",
+)
 RELEASE = ("What is the codename of release {n} of {a}?", "Which codename did {a} release {n} get?")
 
 

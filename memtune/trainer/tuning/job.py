@@ -33,10 +33,10 @@ import torch
 from memtune import storage
 from memtune.contract import ENV_SCRATCH
 from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
-from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.manifest import IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.mome.anchors import Anchors, text_evidence
-from memtune.trainer.mome.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
+from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
 from memtune.trainer.mome.experts import ExpertHooks, init_experts
 from memtune.trainer.mome.index import build_index, plan_index
@@ -104,38 +104,28 @@ def plan_layout(job: MemoryTuningJob, num_layers: int) -> MemoryLayout:
     return MemoryLayout(key_layer, experts, args.r_value, args.index_k, threshold, memory.temperature)
 
 
-def find_reusable(output: str, key: str) -> Path | None:
-    """The newest committed run of `output` with this cache key."""
-    for folder in reversed(committed_runs(output)):
-        try:
-            meta = json.loads((folder / "memtune.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if meta.get("cache_key") == key:
-            return folder
-    return None
-
-
-def _remote_meta(run: str) -> dict[str, Any]:
-    """memtune.json of a committed s3 run, checked against its manifest without downloading the run."""
-    manifest = json.loads(storage.read_bytes(storage.join_uri(run, MANIFEST_NAME)))
-    data = storage.read_bytes(storage.join_uri(run, META_NAME))
-    expected = manifest.get("files", {}).get(META_NAME, {}).get("sha256")
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise IntegrityError(f"{run}/{META_NAME}: sha256 differs from its manifest")
-    return json.loads(data)
-
-
 def reusable_run(output: str, key: str) -> tuple[str, dict[str, Any]] | None:
-    """(location, metadata) of a committed run of `output` with this cache key; on s3 only the newest is read."""
-    if is_remote(output):
-        latest = storage.latest_committed_run(output)
-        if latest is not None and (meta := _remote_meta(latest)).get("cache_key") == key:
-            return latest, meta
-        return None
-    previous = find_reusable(output, key)
-    # read_run verifies every checksum: a damaged run is an error, not a cache hit
-    return (str(previous), read_run(previous).meta) if previous is not None else None
+    """(location, metadata) of the newest intact committed run of `output` with this cache key, or None.
+
+    The same on disk and on S3: every committed run is considered, newest first; a damaged one (a file that no
+    longer matches its manifest) is skipped with a warning, never served and never in the way of a new run.
+    """
+    for run in storage.committed_runs(output):
+        try:
+            meta = json.loads(storage.read_committed_file(run, META_NAME))
+            if not isinstance(meta, dict) or meta.get("cache_key") != key:
+                continue
+            storage.verify_committed(run)
+        except (IntegrityError, ValueError) as error:
+            log.warning("skipping damaged run %s: %s", run, error)
+            continue
+        except storage.StorageError as error:
+            if error.transient:
+                raise
+            log.warning("skipping unreadable run %s: %s", run, error)
+            continue
+        return run.removeprefix("file://") if not is_remote(output) else run, meta
+    return None
 
 
 def _scratch_runs() -> Path:
@@ -271,9 +261,15 @@ def run_job(
             time.perf_counter() - started,
         )
 
+    # Every check that can fail runs before training: the layout, and that the run can be written where it goes.
+    layout = plan_layout(job, len(decoder_layers(base.model)))
+    remote = is_remote(spec.output.uri)
+    storage.check_writable(spec.output.uri)
+    scratch = _scratch_runs() if remote else None
+    if scratch is not None:
+        storage.check_writable(str(scratch))
     lines = len(examples)
     examples = _one_answer_per_question(examples)
-    layout = plan_layout(job, len(decoder_layers(base.model)))
     encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
     hooks = ExpertHooks(base.model, layout.expert_layers)
     try:
@@ -307,8 +303,7 @@ def run_job(
     if not group.is_rank0:
         return RunSummary("", False, result.steps, result.final_loss, recall, time.perf_counter() - started)
     run_id = storage.new_run_id()
-    remote = is_remote(spec.output.uri)
-    folder = (_scratch_runs() if remote else runs_dir(spec.output.uri)) / run_id
+    folder = (scratch or runs_dir(spec.output.uri)) / run_id
     metrics = {
         "steps": result.steps,
         "final_loss": result.final_loss,
@@ -325,7 +320,11 @@ def run_job(
         "finetune_args": args.model_dump(mode="json"),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
-    save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
+    try:
+        save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
+    except OSError as error:  # a full disk half way: no partial run folder stays behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise storage.local_error("write the run", str(folder), error) from error
     location = str(folder)
     if remote:
         location = storage.run_uri(spec.output.uri, run_id)
