@@ -85,18 +85,15 @@ class Anchors:
 
     slots: list[Evidence]
     share: float
-    """Minimum anchor agreement; 0 turns the agreement check off (hard units are still compared)."""
+    """Minimum anchor agreement (the gate's `memory.anchorShare`); 0 turns the gate's evidence checks off."""
     known: dict[str, float] = field(init=False, repr=False)
     """Every trained question's anchor units -> their largest nats: what makes a prompt's unit foreign."""
-    _has_anchors: torch.Tensor = field(init=False, repr=False)
-    """(N,) bool, built once: the router asks on every prefill."""
 
     def __post_init__(self) -> None:
         self.known = {}
         for slot in self.slots:
             for unit, nats in slot.anchors.items():
                 self.known[unit] = max(self.known.get(unit, 0.0), nats)
-        self._has_anchors = torch.tensor([bool(slot.anchors) for slot in self.slots], dtype=torch.bool)
 
     def agreement(self, slot: int, prompt: Evidence) -> float:
         """covered / (total + foreign) in [0, 1]; 0 when hard units differ (see the module docstring)."""
@@ -111,23 +108,6 @@ class Anchors:
             if unit not in question.units
         )
         return 1.0 if total + foreign == 0 else covered / (total + foreign)
-
-    def allows(self, slots: torch.Tensor, prompts: Sequence[Evidence]) -> torch.Tensor:
-        """slots (B, k) int64 -> (B, k) bool: may that slot answer that row's prompt?"""
-        allowed = torch.ones(slots.shape, dtype=torch.bool)
-        for row, prompt in enumerate(prompts):
-            for column, slot in enumerate(slots[row].tolist()):
-                if self.share <= 0:
-                    allowed[row, column] = self.slots[slot].hard == prompt.hard
-                else:
-                    allowed[row, column] = self.agreement(slot, prompt) >= self.share
-        return allowed
-
-    def anchored(self, slots: torch.Tensor) -> torch.Tensor:
-        """slots (B, k) int64 -> (B, k) bool: does the slot's question have anchors (and the agreement check run)?"""
-        if self.share <= 0:
-            return torch.zeros(slots.shape, dtype=torch.bool)
-        return self._has_anchors[slots]
 
     def to_dict(self) -> dict[str, object]:
         return {
