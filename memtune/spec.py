@@ -151,9 +151,18 @@ class MemoryConfig(_Strict):
     expertLayers: list[int] | None = Field(
         None, min_length=1, description="Decoder layers that carry memory experts; default: the last numExpertLayers."
     )
-    numExpertLayers: int = Field(8, ge=1, le=512, description="How many final layers carry experts by default.")
+    numExpertLayers: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="How many final layers carry experts when expertLayers is not set; default: 8, at most half the "
+        "depth.",
+    )
     keyLayer: int | None = Field(
-        None, ge=0, description="Layer whose hidden states form the routing key; default: 40% of the depth."
+        None,
+        ge=0,
+        description="Layer whose hidden states form the routing key; default: 40% of the depth, kept below the first "
+        "expert layer.",
     )
     gate: Literal["calibrated", "always"] = Field(
         "calibrated",
