@@ -112,7 +112,7 @@ class _Models:
     def _build(self, name: str) -> Path:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        _, overrides, depth, chat = FAMILIES[name]
+        model_type, overrides, depth, chat = FAMILIES[name]
         tokenizer = tiny_tokenizer(chat)
         config = AutoConfig.for_model(
             model_type,
