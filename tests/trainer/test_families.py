@@ -80,7 +80,7 @@ def tiny_tokenizer(chat: bool):
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     bpe.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet)
+        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet, show_progress=False)
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
@@ -148,6 +148,26 @@ def families(tmp_path_factory: pytest.TempPathFactory) -> _Models:
 
 def _facts(count: int | None = 4) -> list[dict[str, str]]:
     return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()][:count]
+
+
+def test_plain_prompt_without_a_chat_template_is_the_same_for_training_and_evaluation() -> None:
+    from memtune.evaluation.causal import training_sequence
+    from memtune.trainer.mome.base import chat_prompt
+    from memtune.trainer.mome.keys import answer_tokens, tokenize_prompt
+
+    question, answer = "Where was Lumdor Pragridor born?", "Katevsha"
+    chat, plain = tiny_tokenizer(chat=True), tiny_tokenizer(chat=False)
+    assert chat_prompt(chat, question) == f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    assert chat_prompt(plain, question) == f"Question: {question}\nAnswer:\n"
+    plain.add_bos_token = True  # a tokenizer that starts every text with bos (Llama 3, Gemma) gets it here too
+    assert chat_prompt(plain, question) == f"<|im_start|>Question: {question}\nAnswer:\n"
+    assert tokenize_prompt(plain, question).ids.count(plain.bos_token_id) == 1  # not added a second time
+    for tokenizer in (chat, plain):
+        prompt = tokenize_prompt(tokenizer, question)
+        assert tokenizer.decode([i for i, q in zip(prompt.ids, prompt.question_mask, strict=True) if q]) == question
+        ids, labels = training_sequence(tokenizer, question, answer)  # what evaluation scores
+        assert ids == prompt.ids + answer_tokens(tokenizer, answer)
+        assert labels[len(prompt.ids) :] == answer_tokens(tokenizer, answer)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
