@@ -29,6 +29,8 @@ _WINDOW = {"sliding_window": 8}
 _MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 _NEOX = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, **_INIT}
 _FALCON = {"hidden_size": 64, "num_attention_heads": 4, **_INIT}
+_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+_VISION |= {"image_size": 28, "patch_size": 14}
 
 # name -> (model_type, config, depth, chat template?)
 FAMILIES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
@@ -47,11 +49,14 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
         True,
     ),
     "gemma3": ("gemma3_text", {**_SMALL, **_WINDOW, "head_dim": 16, "query_pre_attn_scalar": 16}, 7, True),
+    # Gemma 3 4B-27B checkpoints: AutoModelForCausalLM gives Gemma3ForConditionalGeneration (vision tower + LM).
+    "gemma3_vlm": ("gemma3", {**_SMALL, **_WINDOW, "head_dim": 16, "query_pre_attn_scalar": 16}, 6, True),
     "phi3": ("phi3", {**_SMALL, **_WINDOW}, 4, True),
     "olmo2": ("olmo2", _SMALL, 5, True),
     "gpt_neox": ("gpt_neox", {**_NEOX, "rotary_pct": 0.25}, 4, False),
     "gpt2": ("gpt2", {"n_embd": 64, "n_head": 4, **_INIT}, 10, False),
-    "falcon": ("falcon", _FALCON, 4, False),
+    "falcon": ("falcon", _FALCON, 4, False),  # Falcon-7B's layout: multi-query, parallel attention and MLP
+    "falcon_40b": ("falcon", {**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2}, 4, False),
     "falcon_alibi": (
         "falcon",
         {**_FALCON, "alibi": True, "parallel_attn": False, "multi_query": False, "new_decoder_architecture": False},
@@ -80,7 +85,8 @@ def tiny_tokenizer(chat: bool):
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     bpe.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet, show_progress=False)
+        corpus,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet, show_progress=False),
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
@@ -114,16 +120,22 @@ class _Models:
 
         model_type, overrides, depth, chat = FAMILIES[name]
         tokenizer = tiny_tokenizer(chat)
-        config = AutoConfig.for_model(
-            model_type,
+        text = {
             **overrides,
-            num_hidden_layers=depth,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=256,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+            "num_hidden_layers": depth,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 256,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if model_type == "gemma3":  # the image-text model: a language model inside a multimodal wrapper
+            image_tokens = {"image_token_index": 399, "boi_token_index": 398, "eoi_token_index": 397}
+            config = AutoConfig.for_model(
+                model_type, text_config=text, vision_config=_VISION, mm_tokens_per_image=4, **image_tokens
+            )
+        else:
+            config = AutoConfig.for_model(model_type, **text)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
         folder = self.root / name

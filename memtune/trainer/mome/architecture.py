@@ -19,8 +19,9 @@ Named here, because transformers has no accessor for them:
   the embeddings below every block, so blocks need nothing), ALiBi (Falcon with `alibi=True`: a bias folded into the
   mask exactly as FalconModel folds it).
 
-Tested families (tests/trainer/test_families.py): Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE,
-Gemma 2, Gemma 3 (text), Phi-3, OLMo 2, GPT-NeoX, GPT-2, Falcon (rotary and ALiBi).
+Tested families (tests/trainer/test_families.py, tiny random-weight models): Llama, Mistral, Mixtral, Qwen2,
+Qwen2-MoE, Qwen3, Qwen3-MoE, Gemma 2, Gemma 3 (text-only, and the image-text wrapper, used on text), Phi-3, OLMo 2,
+GPT-NeoX, GPT-2, Falcon (7B and 40B layouts, rotary; and ALiBi). Attention implementations: eager and sdpa.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class Architecture:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., d) hidden states leaving the last block -> (..., vocab) logits, as the model's own forward makes them
-        (final norm, LM head, then Gemma's tanh soft-capping where the config sets `final_logit_softcapping`)."""
+        (final norm, LM head, then Gemma's tanh soft-capping where the model's own config sets
+        `final_logit_softcapping`: Gemma2/3ForCausalLM apply it, Gemma 3's multimodal wrapper does not)."""
         logits = self.head(self.norm(hidden))
-        cap = getattr(self.config, "final_logit_softcapping", None)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
@@ -133,6 +135,7 @@ class Architecture:
         cache: prepends each layer's K cached columns (`PrefixCache`). Queries attend causally within the chunk and
         to the real cached columns, within the window on sliding layers.
         """
+        positions, attend = positions.to(hidden.device), attend.to(hidden.device)
         rows, length = positions.shape
         offset = attend.shape[1] - length
         top = range(start, len(self.layers))
