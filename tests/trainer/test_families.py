@@ -298,3 +298,30 @@ def test_facts_are_recalled_and_gated_prompts_keep_the_base_output(
     plain = load_generator(str(families.folder(name))).generate(UNRELATED, max_new_tokens=12)
     assert [a.output for a in gated] == [a.output for a in plain]
     tuned.close()
+
+
+def test_a_model_without_attention_blocks_is_refused_naming_what_is_missing() -> None:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from memtune.spec import ModelError
+    from memtune.trainer.mome.architecture import architecture
+
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=32, pad_token_id=0))
+    with pytest.raises(ModelError, match=r"MambaForCausalLM: no final norm on MambaModel"):
+        architecture(model)
+
+
+def test_the_structure_cache_does_not_keep_a_model_alive(families: _Models) -> None:
+    import gc
+    import weakref
+
+    from transformers import AutoModelForCausalLM
+
+    from memtune.trainer.mome.architecture import architecture
+
+    model = AutoModelForCausalLM.from_pretrained(families.folder("llama"))
+    assert architecture(model) is architecture(model)  # computed once
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -62,7 +62,8 @@ class PrefixCache(Protocol):
 class Architecture:
     """One causal LM's structure as memtune uses it; build with `architecture(model)`."""
 
-    model: PreTrainedModel
+    model_config: Any
+    """The model's own config (its text part is `config`). No reference to the model: the per-model cache is weak."""
     backbone: nn.Module
     """Embeddings, blocks and final norm; called with `input_ids` and an optional `cache` (a transformers Cache)."""
     layers: nn.ModuleList
@@ -79,7 +80,7 @@ class Architecture:
 
     @property
     def config(self) -> Any:
-        return self.model.config.get_text_config(decoder=True)
+        return self.model_config.get_text_config(decoder=True)
 
     @property
     def hidden_size(self) -> int:
@@ -114,7 +115,7 @@ class Architecture:
         (final norm, LM head, then Gemma's tanh soft-capping where the model's own config sets
         `final_logit_softcapping`: Gemma2/3ForCausalLM apply it, Gemma 3's multimodal wrapper does not)."""
         logits = self.head(self.norm(hidden))
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        cap = getattr(self.model_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
@@ -273,7 +274,7 @@ def _describe(model: PreTrainedModel) -> Architecture:
     else:
         positions = "absolute"
     arch = Architecture(
-        model=model,
+        model_config=model.config,
         backbone=backbone,
         layers=stacks[0],
         norm=norm,
@@ -283,7 +284,8 @@ def _describe(model: PreTrainedModel) -> Architecture:
         positions=positions,
         rotary_per_type=rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters,
     )
-    if positions == "absolute" and "position_embeddings" in arch._block_keywords(arch.layers[0]):
+    keywords = arch._block_keywords(arch.layers[0])  # blocks that take no KV cache fail here
+    if positions == "absolute" and "position_embeddings" in keywords:
         raise ModelError(f"{name}: its blocks take rotary position embeddings but the backbone has no rotary_emb")
     for layer in range(len(arch.layers)):
         arch.mlp(layer)  # every block must have one: fail at load, not in the middle of training
