@@ -26,10 +26,11 @@ GPT-NeoX, GPT-2, Falcon (7B and 40B layouts, rotary; and ALiBi). Attention imple
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
@@ -76,7 +77,6 @@ class Architecture:
     positions: Literal["rotary", "absolute", "alibi"]
     rotary_per_type: bool
     """The rotary module takes the layer type (Gemma 3: local and global tables)."""
-    _keywords: dict[type, frozenset[str]] = field(default_factory=dict, repr=False)
 
     @property
     def config(self) -> Any:
@@ -148,7 +148,7 @@ class Architecture:
         rotary = self._rotary(hidden, positions, {self.layer_types[layer] for layer in top})
         for layer in top:
             block, kind = self.layers[layer], self.layer_types[layer]
-            keywords = self._block_keywords(block)
+            keywords = _keywords(type(block))
             arguments: dict[str, Any] = {"attention_mask": masks[self.windows[layer]]}
             arguments[next(name for name in _CACHE_KEYWORDS if name in keywords)] = cache
             if "position_embeddings" in keywords:
@@ -160,15 +160,6 @@ class Architecture:
             out = block(hidden, **arguments)
             hidden = out[0] if isinstance(out, tuple) else out  # Falcon's blocks return (hidden, attention weights)
         return hidden
-
-    def _block_keywords(self, block: nn.Module) -> frozenset[str]:
-        kind = type(block)
-        if kind not in self._keywords:
-            names = frozenset(inspect.signature(block.forward).parameters)
-            if not names & set(_CACHE_KEYWORDS):
-                raise ModelError(f"{kind.__name__}.forward takes no KV cache argument ({', '.join(_CACHE_KEYWORDS)})")
-            self._keywords[kind] = names
-        return self._keywords[kind]
 
     def _mask(
         self,
@@ -229,6 +220,15 @@ class Architecture:
         return dict.fromkeys(kinds, table)
 
 
+@functools.cache
+def _keywords(block: type[nn.Module]) -> frozenset[str]:
+    """The keyword arguments a block class's forward takes (its signature); it must take a KV cache."""
+    names = frozenset(inspect.signature(block.forward).parameters)
+    if not names & set(_CACHE_KEYWORDS):
+        raise ModelError(f"{block.__name__}.forward takes no KV cache argument ({', '.join(_CACHE_KEYWORDS)})")
+    return names
+
+
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Architecture] = weakref.WeakKeyDictionary()
 
 
@@ -263,14 +263,17 @@ def _describe(model: PreTrainedModel) -> Architecture:
     unknown = sorted(set(types) - set(_ATTENTION_KINDS))
     if unknown:
         raise ModelError(f"{name}: layer types {unknown} are not supported (only {', '.join(_ATTENTION_KINDS)})")
+    keywords = _keywords(type(stacks[0][0]))  # blocks that take no KV cache fail here
     rotary = getattr(backbone, "rotary_emb", None)
     positions: Literal["rotary", "absolute", "alibi"]
-    if getattr(config, "alibi", False):
+    if getattr(config, "alibi", False) or ("alibi" in keywords and config.model_type != "falcon"):
         if config.model_type != "falcon":
             raise ModelError(f"{name}: ALiBi is supported for Falcon only")
         positions = "alibi"
     elif rotary is not None:
         positions = "rotary"
+    elif "position_embeddings" in keywords:
+        raise ModelError(f"{name}: its blocks take rotary position embeddings but the backbone has no rotary_emb")
     else:
         positions = "absolute"
     arch = Architecture(
@@ -284,9 +287,6 @@ def _describe(model: PreTrainedModel) -> Architecture:
         positions=positions,
         rotary_per_type=rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters,
     )
-    keywords = arch._block_keywords(arch.layers[0])  # blocks that take no KV cache fail here
-    if positions == "absolute" and "position_embeddings" in keywords:
-        raise ModelError(f"{name}: its blocks take rotary position embeddings but the backbone has no rotary_emb")
     for layer in range(len(arch.layers)):
         arch.mlp(layer)  # every block must have one: fail at load, not in the middle of training
     return arch
