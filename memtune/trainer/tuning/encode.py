@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
-from memtune.trainer.mome.base import LoadedModel, decoder_layers
+from memtune.trainer.mome.architecture import architecture
+from memtune.trainer.mome.base import LoadedModel
 from memtune.trainer.mome.keys import answer_tokens, capture_layer_inputs, pool_keys, right_pad, tokenize_prompt
 
 
@@ -47,19 +47,20 @@ def encode_examples(
 ) -> Iterator[Encoded]:
     """Run the base model over (question, answer) pairs once and yield, in order, their keys, prefix caches (layers
     `first` and up) and answer regions (entering layer `first`); one batch is in memory at a time."""
-    top = range(first, len(decoder_layers(base.model)))
+    arch = architecture(base.model)
+    top = range(first, len(arch.layers))
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         prompts = [tokenize_prompt(base.tokenizer, q) for q, _ in chunk]
         answers = [answer_tokens(base.tokenizer, a) for _, a in chunk]
         ids = right_pad([p.ids + a for p, a in zip(prompts, answers, strict=True)], base.tokenizer.pad_token_id)
         mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, P_max)
-        cache = DynamicCache(config=base.model.config)
+        cache = arch.new_cache()
         with capture_layer_inputs(base.model, [key_layer, first]) as captured:
-            base.model.model(input_ids=ids, cache=cache, use_cache=True)
+            arch.backbone(input_ids=ids, cache=cache, use_cache=True)
         keys = pool_keys(captured[key_layer][:, : mask.shape[1]], mask)  # (B, d)
-        kv_k = torch.stack([cache.layers[layer].keys for layer in top], 1)  # (B, L, kv_heads, T, hd)
-        kv_v = torch.stack([cache.layers[layer].values for layer in top], 1)
+        kv_k = torch.stack([arch.cached(cache, layer)[0] for layer in top], 1)  # (B, L, kv_heads, T, hd)
+        kv_v = torch.stack([arch.cached(cache, layer)[1] for layer in top], 1)
         for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
             p, a = len(prompt.ids), len(answer)
             yield Encoded(

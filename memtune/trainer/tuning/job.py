@@ -36,6 +36,7 @@ from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_e
 from memtune.manifest import IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.mome.anchors import Anchors, text_evidence
+from memtune.trainer.mome.architecture import architecture
 from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
 from memtune.trainer.mome.experts import ExpertHooks, init_experts
@@ -86,15 +87,31 @@ def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
+# Default expert layers: the last 8, at most half the depth (a 30-layer model: 22..29; a 10-layer one: 5..9).
+DEFAULT_EXPERT_LAYERS = 8
+
+
 def plan_layout(job: MemoryTuningJob, num_layers: int) -> MemoryLayout:
-    """Resolve the memory's layers from the spec, naming the field of any impossible choice."""
+    """Resolve the memory's layers from the spec and the depth, naming the field of any impossible choice.
+
+    Defaults: expert layers the last `min(8, num_layers // 2)`; key layer 40% of the depth, or the layer just below
+    the first expert layer when that is lower. Any depth >= 2 has a valid default.
+    """
     memory, args = job.spec.memory, job.spec.finetuneArgs
-    experts = sorted(set(memory.expertLayers or range(max(0, num_layers - memory.numExpertLayers), num_layers)))
-    key_layer = memory.keyLayer if memory.keyLayer is not None else round(0.4 * num_layers)
     problems = []
+    if memory.expertLayers:
+        experts = sorted(set(memory.expertLayers))
+        field = "spec.memory.expertLayers"
+    else:
+        count = memory.numExpertLayers or max(1, min(DEFAULT_EXPERT_LAYERS, num_layers // 2))
+        experts = list(range(max(0, num_layers - count), num_layers))
+        field = "spec.memory.numExpertLayers"
     if experts[-1] >= num_layers:
-        problems.append(("spec.memory.expertLayers", f"the base model has layers 0..{num_layers - 1}, got {experts}"))
-    if key_layer >= experts[0]:
+        problems.append((field, f"the base model has layers 0..{num_layers - 1}, got {experts}"))
+    elif experts[0] == 0 and memory.keyLayer is None:
+        problems.append((field, f"layer 0 carries experts, which leaves no layer below for the key ({experts})"))
+    key_layer = memory.keyLayer if memory.keyLayer is not None else min(round(0.4 * num_layers), experts[0] - 1)
+    if memory.keyLayer is not None and key_layer >= experts[0]:
         problems.append(
             ("spec.memory.keyLayer", f"must be below the first expert layer ({experts[0]}) so experts never move keys")
         )
@@ -170,7 +187,7 @@ def build_memory(
     for i, example in zip(owned, mine, strict=True):
         key_rows.append(example.key)
         encoded.add(i, example)
-    own_keys = torch.stack(key_rows) if key_rows else torch.empty(0, base.model.config.hidden_size)
+    own_keys = torch.stack(key_rows) if key_rows else torch.empty(0, architecture(base.model).hidden_size)
     keys = group.interleave(own_keys, len(examples))  # (N, d)
     args = job.spec.finetuneArgs
     slot_expert = assign_experts(keys, args.index_max_size, job.spec.memory.seed)
