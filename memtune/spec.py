@@ -215,11 +215,13 @@ class MemoryConfig(_Strict):
         description="Gate distance (squared L2 of normalised keys, so at most 4); default: calibrated from the data.",
     )
     anchorShare: float = Field(
-        0.5,
+        0.6,
         ge=0,
         le=1,
-        description="Second check of the calibrated gate: a trained question may answer only prompts that contain this "
-        "share of its anchor words (the words the base model finds surprising, weighted by surprisal); 0 turns it off.",
+        description="The calibrated gate's entity check: a trained question may answer a prompt only when their anchor "
+        "agreement reaches this share (its anchors in the prompt, against its anchors missing and other questions' "
+        "anchors present; anchors are the names, codes and rare words the base model finds surprising, and every "
+        "number); 0 leaves the distance alone to decide.",
     )
     temperature: float = Field(
         0.002,

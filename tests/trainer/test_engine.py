@@ -94,6 +94,11 @@ def test_run_records_effective_index_and_gate(trained) -> None:
     assert meta["gate"]["anchored_threshold"] == meta["gate"]["far_min"] == meta["layout"]["anchored_threshold"]
     assert meta["experts"]["count"] == 6
     assert meta["gate"]["questions_with_anchors"] == 6  # every fictional name is an anchor
+    probes = meta["gate"]["probes"]  # what the gate did with rewordings and untrained neighbours at calibration
+    assert probes["rewordings"] == 24 and probes["rewordings_admitted"] == 24
+    assert probes["entity_neighbours"] > 0 and probes["relation_neighbours"] > 0
+    for kind in ("number", "entity", "relation"):
+        assert probes[f"{kind}_neighbours_blocked"] == probes[f"{kind}_neighbours"], kind
 
 
 def test_anchors_are_the_units_the_base_model_cannot_predict(base) -> None:

@@ -174,15 +174,18 @@ def test_anchor_agreement_counts_foreign_names_and_requires_the_same_numbers() -
             _ev("Which office is Bert Kerr in?", bert=11.0, kerr=13.0),
             _ev("What is the access code of vault 7 in the Zanmir archive?", zanmir=20.0),
         ],
-        share=0.5,
+        share=0.6,
     )
+    idf = anchors.idf  # each unit weighs nats x idf; here every name occurs once, so idf is the same for all
+    assert idf["anna"] == idf["kerr"] == idf["zanmir"] > idf["is"]  # "is" is in two of the three questions
     assert anchors.agreement(0, evidence("what's the employee id of ANNA VOSS")) == 1.0  # a rewording
     # a namesake: Anna is covered, Voss missing, and Kerr is an anchor of another trained question: foreign
     assert anchors.agreement(0, evidence("What is the employee ID of Anna Kerr?")) == pytest.approx(10 / 35)
-    # the prompt's own surprisal makes an unknown name foreign too
+    # an unknown name: Voss is missing; the prompt's own surprising units count as foreign when given
+    assert anchors.agreement(0, evidence("What is the employee ID of Anna Quill?")) == pytest.approx(10 / 22)
     stranger = evidence("What is the employee ID of Anna Quill?")
     stranger = Evidence(stranger.units, {"anna": 9.0, "quill": 14.0})
-    assert anchors.agreement(0, stranger) == pytest.approx(10 / 36)
+    assert anchors.agreement(0, stranger) < anchors.agreement(0, evidence("What is the employee ID of Anna Quill?"))
     assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, please?")) == 1.0
     assert anchors.agreement(2, evidence("What is the access code of vault 3 in the Zanmir archive?")) == 0.0
     assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, room 2?")) == 0.0

@@ -25,6 +25,8 @@ fully (1.0): only the distance gate and the hard units judge it.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -89,23 +91,33 @@ class Anchors:
     known: dict[str, float] = field(init=False, repr=False)
     """Every trained question's anchor units -> their largest nats: what makes a prompt's unit foreign."""
 
+    idf: dict[str, float] = field(init=False, repr=False)
+    """Each unit of the trained questions -> log(1 + (N - n + 0.5) / (n + 0.5)) (BM25's idf, as Lucene computes it):
+    a unit most questions share (a template word of the memory's language) weighs little."""
+    rare: float = field(init=False, repr=False)
+    """The idf of a unit no trained question holds."""
+
     def __post_init__(self) -> None:
         self.known = {}
         for slot in self.slots:
             for unit, nats in slot.anchors.items():
                 self.known[unit] = max(self.known.get(unit, 0.0), nats)
+        count = len(self.slots)
+        df = Counter(unit for slot in self.slots for unit in slot.units)
+        self.idf = {unit: math.log(1 + (count - n + 0.5) / (n + 0.5)) for unit, n in df.items()}
+        self.rare = math.log(1 + (count - 0.5) / 1.5)
 
     def agreement(self, slot: int, prompt: Evidence) -> float:
-        """covered / (total + foreign) in [0, 1]; 0 when hard units differ (see the module docstring)."""
+        """covered / (total + foreign) in [0, 1], each anchor weighing nats × idf; 0 when hard units differ."""
         question = self.slots[slot]
         if question.hard != prompt.hard:
             return 0.0
-        covered = sum(nats for unit, nats in question.anchors.items() if unit in prompt.units)
-        total = sum(question.anchors.values())
+        covered = sum(nats * self.idf[u] for u, nats in question.anchors.items() if u in prompt.units)
+        total = sum(nats * self.idf[u] for u, nats in question.anchors.items())
         foreign = sum(
-            max(prompt.anchors.get(unit, 0.0), self.known.get(unit, 0.0))
-            for unit in prompt.units
-            if unit not in question.units
+            max(prompt.anchors.get(u, 0.0), self.known.get(u, 0.0)) * self.idf.get(u, self.rare)
+            for u in prompt.units
+            if u not in question.units
         )
         return 1.0 if total + foreign == 0 else covered / (total + foreign)
 

@@ -37,6 +37,8 @@ from memtune.trainer.mome.anchors import Anchors, Evidence
 
 # Shortest shared prefix by which two different units still count as one word ("weigh" / "weight").
 STEM = 4
+# How closely another question must word the prompt's relation to gate a trained entity's lone fact (cosine).
+STRICT = 0.999
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class Gate:
         self._idf = {unit: math.log(1 + (count - n + 0.5) / (n + 0.5)) for unit, n in df.items()}
         self._rare = math.log(1 + (count - 0.5) / 1.5)
         self._norms = [math.sqrt(sum(self._idf[u] for u in slot.units)) for slot in anchors.slots]
+        self._holding: dict[str, list[int]] = {}  # anchor unit -> the trained questions holding it
+        for index, slot in enumerate(anchors.slots):
+            for unit in slot.anchors:
+                self._holding.setdefault(unit, []).append(index)
 
     def fit(self, prompt: Evidence, slot: int, without: frozenset[str] = frozenset()) -> float:
         """Cosine of the idf-weighted unit sets of the prompt and trained question `slot` (units matched by stem),
@@ -92,11 +98,29 @@ class Gate:
         # The relation: compare the words left once the chosen question's names in the prompt are set aside.
         entity = frozenset(self.anchors.slots[chosen].anchors) & prompt.units
         asked = self.fit(prompt, chosen, entity)
-        if any(self.fit(prompt, slot, entity) > asked for slot, _ in candidates if slot != chosen):
+        # An entity with several trained questions: any candidate whose words fit better asks another of them. A lone
+        # fact: only another question's exact wording, names aside, since free-form facts word one relation many ways.
+        others = [slot for slot, _ in candidates if slot != chosen]
+        if self._facts_about(entity, prompt) > 1:
+            asked_elsewhere = any(self.fit(prompt, slot, entity) > asked for slot in others)
+        else:
+            asked_elsewhere = any(self._relation_fit(prompt, slot, entity) >= max(asked, STRICT) for slot in others)
+        if asked_elsewhere:
             return Decision(-1, "relation")
         anchored = self.anchored_threshold is not None and bool(self.anchors.slots[chosen].anchors)
         limit = max(self.threshold, self.anchored_threshold) if anchored else self.threshold
         return Decision(chosen, "open") if distance <= limit else Decision(-1, "far")
+
+    def _relation_fit(self, prompt: Evidence, slot: int, entity: frozenset[str]) -> float:
+        """How well another question's relation explains the prompt's words besides the entity: its own names (the
+        anchors the prompt lacks) are set aside too."""
+        names = frozenset(self.anchors.slots[slot].anchors) - prompt.units
+        return self.fit(prompt, slot, entity | names)
+
+    def _facts_about(self, entity: frozenset[str], prompt: Evidence) -> int:
+        """How many trained questions name the prompt's entity (share at least one of its units and pass the check)."""
+        holders = {slot for unit in entity for slot in self._holding.get(unit, ())}
+        return sum(1 for slot in holders if self._names_match(slot, prompt))
 
     def _names_match(self, slot: int, prompt: Evidence) -> bool:
         if self.anchors.share <= 0:  # agreement off: numbers and codes still decide

@@ -25,7 +25,6 @@ import torch
 from memtune.trainer.mome.anchors import evidence
 from memtune.trainer.mome.experts import Route
 from memtune.trainer.mome.gate import Gate
-from memtune.trainer.mome.keys import PromptTokens
 
 # Candidates the gate weighs per prompt: the right question can sit behind a few near namesakes.
 CANDIDATES = 8
@@ -75,19 +74,12 @@ class Router:
         self.temperature = temperature
         self.gate = gate if threshold is not None else None
 
-    def __call__(
-        self,
-        query: torch.Tensor,
-        prompts: Sequence[str] | None = None,
-        *,
-        tokens: Sequence[PromptTokens] | None = None,
-        token_nats: Sequence[Sequence[float]] | None = None,
-    ) -> Routing:
+    def __call__(self, query: torch.Tensor, prompts: Sequence[str] | None = None) -> Routing:
         """query (B, d) normalised keys of `prompts` (the gate needs their text; None: distance only).
 
-        tokens / token_nats: each prompt's chat tokens and their surprisal under the base model (nats, see
-        anchors.evidence), from generation's prefill; without them a prompt's foreign anchors are only the units
-        that are anchors of some trained question."""
+        A prompt's evidence is its units (anchors.evidence without surprisal): its foreign anchors are the units
+        that are anchors of some trained question. The prompt's own surprisal is not used: in a language the base
+        model knows poorly every reworded word is surprising, and rewordings would read as other names."""
         gate = self.gate if prompts is not None else None
         count = min(max(self.k, CANDIDATES), len(self.keys)) if gate is not None else self.k
         _, found = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), count)  # (B, c)
@@ -106,14 +98,7 @@ class Router:
             return Routing(Route(self.slot_expert[slots], weights), closest, gated, reasons)
         assert prompts is not None
         decisions = [
-            gate.decide(
-                slots[row].tolist(),
-                dist[row].tolist(),
-                evidence(
-                    text, None if tokens is None else tokens[row], None if token_nats is None else token_nats[row]
-                ),
-            )
-            for row, text in enumerate(prompts)
+            gate.decide(slots[row].tolist(), dist[row].tolist(), evidence(text)) for row, text in enumerate(prompts)
         ]
         # a closed gate still names the nearest question's expert (at weight 0): which memory was close
         chosen = torch.tensor([d.slot if d.slot >= 0 else int(slots[row, 0]) for row, d in enumerate(decisions)])

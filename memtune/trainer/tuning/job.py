@@ -44,7 +44,7 @@ from memtune.trainer.mome.index import build_index, plan_index
 from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
 from memtune.trainer.mome.memory import Memory, MemoryLayout
 from memtune.trainer.tuning.bank import assign_experts
-from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
+from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes, neighbour_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
 from memtune.trainer.tuning.encode import encode_examples
@@ -209,7 +209,29 @@ def build_memory(
         gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot.anchors)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
-    return Memory(layout, params, keys, slot_expert, index, plan, anchors), gate
+    memory = Memory(layout, params, keys, slot_expert, index, plan, anchors)
+    if anchors is not None:
+        gate["probes"] = _gate_report(base, memory, [e.input for e in examples], job.spec.memory.seed)
+        log.info("gate at calibration: %s", gate["probes"])
+    return memory, gate
+
+
+def _gate_report(base: LoadedModel, memory: Memory, questions: list[str], seed: int) -> dict[str, Any]:
+    """What the finished gate does with probes made from the training questions: rewordings admitted to their own
+    question, and untrained neighbours (another number, another name, another relation) kept from every answer."""
+    near, owners = near_probes(questions, seed=seed)
+    assert memory.anchors is not None
+    neighbours = neighbour_probes(questions, memory.anchors.slots, seed=seed)
+    texts = near + [text for text, _ in neighbours]
+    routing = memory.router()(question_keys(base, texts, memory.layout.key_layer), texts)
+    chosen = routing.route.experts[:, 0]
+    admitted = [not routing.gated[i] and chosen[i] == memory.slot_expert[owner] for i, owner in enumerate(owners)]
+    report: dict[str, Any] = {"rewordings": len(near), "rewordings_admitted": int(sum(admitted))}
+    for kind in ("number", "entity", "relation"):
+        rows = [len(near) + i for i, (_, k) in enumerate(neighbours) if k == kind]
+        report[f"{kind}_neighbours"] = len(rows)
+        report[f"{kind}_neighbours_blocked"] = int(routing.gated[rows].sum()) if rows else 0
+    return report
 
 
 def _one_answer_per_question(examples: list[Example]) -> list[Example]:
