@@ -122,14 +122,18 @@ class ClusterClient:
         """The rank-0 trainer's log of `attempt` (default: the latest)."""
         if attempt is None:
             attempt = self.status(name).attempt or 0
-        selector = contract.pod_selector(name, attempt, contract.ROLE_MASTER)
+        selector = contract.pod_selector(name, attempt)
         pods = self._core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        if not pods:
+        rank0 = [
+            pod for pod in pods if contract.is_rank0_pod(self._core.api_client.sanitize_for_serialization(pod.metadata))
+        ]
+        if not rank0:
             raise ClusterError(f"no trainer pod yet for MemoryTuningJob {name!r} attempt {attempt}")
+        containers = {container.name for container in (rank0[0].spec and rank0[0].spec.containers) or []}
         response = self._core.read_namespaced_pod_log(
-            pods[0].metadata.name,
+            rank0[0].metadata.name,
             self.namespace,
-            container=contract.CONTAINER_NAME,
+            container=next((c for c in contract.CONTAINER_NAMES if c in containers), contract.CONTAINER_NAME),
             tail_lines=tail_lines,
             _preload_content=False,  # the client (v36) turns a "str" body into "b'...'"; decode it here
         )

@@ -20,6 +20,7 @@ Manifest = dict[str, Any]
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 PODS = Resource("", "v1", "pods", "Pod")
 CRD_CACHE_SECONDS = 60.0
+USER_AGENT = "memtune-operator"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition")
 
 
@@ -63,6 +64,7 @@ class Kube:
     """Kubernetes API access with the operator's service account (or the kubeconfig outside a cluster)."""
 
     def __init__(self, api: kubernetes.client.ApiClient):
+        api.user_agent = USER_AGENT  # audit logs tell the operator's requests from kubectl's
         self._api = api
         self._crds: dict[str, tuple[float, bool]] = {}  # name → (monotonic time of the check, installed)
 

@@ -38,12 +38,14 @@ LOG_TAIL_LINES = 50
 
 @dataclass
 class Outcome:
-    """What one pass decided: a merge patch for `.status`, the Events to emit (type, reason, message), and the
-    kind of child it created (for the attempt counter), if any."""
+    """What one pass decided: a merge patch for `.status`, the Events to emit (type, reason, message), and for
+    the metrics the kind of child it created, the reason of a failure it retried, the reason of an error."""
 
     status: Manifest = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     created: str | None = None
+    retried: str | None = None
+    error: str | None = None
 
 
 def _timestamp(now: datetime.datetime) -> str:
@@ -144,6 +146,7 @@ class Reconciler:
                 if not error.refused:
                     raise
                 message = f"the API server refused {kind} {child_name} (HTTP {error.status}): {error.detail}"
+                self.out.error = "ChildRejected"
                 return self._finish("Failed", "ChildRejected", message)
             if created:
                 self.out.created = kind
@@ -239,6 +242,7 @@ class Reconciler:
         following = attempt + 1
         retry = f"attempt {attempt} failed ({reason}: {message}); starting attempt {following}"
         self.out.events.append(("Warning", reason, retry))
+        self.out.retried = reason
         return self._set("Queued", "Retrying", retry, attempt=following, progress=None)
 
     def _expire_children(self) -> None:

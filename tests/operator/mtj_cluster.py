@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import threading
@@ -13,7 +14,8 @@ from typing import Any
 import aiohttp
 import kmock
 
-from .mtj_schemas import validate_builtin, validate_pytorchjob
+from .controllers import trainjob_pod
+from .mtj_schemas import chart_runtime, validate_builtin, validate_pytorchjob, validate_trainjob
 
 KUBECONFIG = Path(os.environ["KUBECONFIG"])  # set by tests/conftest.py; rewritten by each `cluster`
 
@@ -22,15 +24,45 @@ import kopf  # noqa: E402
 import memtune.operator  # noqa: E402, F401 - registers the handlers
 from memtune.spec import MemoryTuningJobStatus  # noqa: E402
 from tests.chart.pod_security import restricted_violations  # noqa: E402
+from tests.chart.render import render  # noqa: E402
 
 NAMESPACE = "ml"
 MTJ = kmock.resource("memtune.dev", "v1alpha1", "memorytuningjobs")
 PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 JOBS = kmock.resource("batch", "v1", "jobs")
 CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+TEST_CLIENT = "X-Memtune-Test"  # marks the test's own requests (as kubectl), which RBAC does not concern
+OPERATOR_AGENTS = ("kopf/", "memtune-operator")  # User-Agent prefixes of the operator's requests (kopf's, its own)
+# (apiGroup, resource[/subresource], verb) of every request the operator made, across the whole run.
+USED: set[tuple[str, str, str]] = set()
+
+
+@functools.cache
+def chart_grants() -> dict[tuple[str, str], set[str]]:
+    """What the chart's cluster-wide install grants the operator: (apiGroup, resource) -> verbs."""
+    flat: dict[tuple[str, str], set[str]] = {}
+    for role in render():
+        if role["kind"] != "ClusterRole":
+            continue
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule or role["metadata"]["name"].endswith("crd-discovery")
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    flat.setdefault((group, resource), set()).update(rule["verbs"])
+    return flat
+
+
+def rbac_verb(request: kmock.Request) -> str:
+    if request.method == "GET":
+        if request.name:
+            return "get"
+        return "watch" if request.params.get("watch") in ("true", "1") else "list"
+    verbs = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+    return next(verb for method, verb in verbs.items() if request.method == method)
 
 
 class VersionedEmulator(kmock.KubernetesEmulator):
@@ -45,7 +77,15 @@ class VersionedEmulator(kmock.KubernetesEmulator):
 
     def _check(self, request: kmock.Request) -> None:
         """Validate every object the operator sends against the schema a real cluster would apply, and its pods
-        against Pod Security "restricted", as in a namespace labelled `pod-security.kubernetes.io/enforce`."""
+        against Pod Security "restricted", as in a namespace labelled `pod-security.kubernetes.io/enforce`; and
+        every request it makes against the chart's RBAC (a real API server would answer 403)."""
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is not None and request.resource.plural and agent.startswith(OPERATOR_AGENTS):
+            resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            used = (request.resource.group or "", resource, rbac_verb(request))
+            USED.add(used)
+            if used[2] not in chart_grants().get(used[:2], set()):
+                self.invalid.append(f"RBAC: the chart does not grant {used} ({request.method} {request.url.path})")
         validators = VALIDATORS.get(request.resource, ()) if request.method == "POST" else ()
         if request.resource == MTJ and request.subresource == "status":
             validators = (_validate_status,)
@@ -85,8 +125,15 @@ def _admit_restricted(workload: dict[str, Any]) -> None:
     assert violations == [], violations
 
 
+def _admit_restricted_trainjob(trainjob: dict[str, Any]) -> None:
+    """Pod Security on the pods a TrainJob makes with the chart's runtime."""
+    pod = trainjob_pod(trainjob, chart_runtime())
+    _admit_restricted({"kind": "Pod", "metadata": {"name": trainjob["metadata"]["name"]}, "spec": pod["spec"]})
+
+
 Validator = Callable[[dict[str, Any]], None]
 VALIDATORS: dict[kmock.resource, tuple[Validator, ...]] = {
+    TRAINJOBS: (validate_trainjob, _admit_restricted_trainjob),
     PYTORCHJOBS: (validate_pytorchjob, _admit_restricted),
     JOBS: (validate_builtin, _admit_restricted),
     CONFIG_MAPS: (validate_builtin,),
@@ -101,7 +148,9 @@ class Cluster:
         self.url = url.rstrip("/")
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        headers = {TEST_CLIENT: "1"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
         async with (
             aiohttp.ClientSession() as session,
             session.request(method, self.url + path, json=body, headers=headers) as response,
@@ -136,10 +185,15 @@ class Cluster:
         """Act as Kubeflow's (or the Job) controller: the operator polls children, so no watch event is needed."""
         self.emulator.objects[resource, NAMESPACE, name].patch({"status": status})
 
-    def add_pod(self, child: str, attempt: int, role: str, status: dict[str, Any]) -> None:
+    def add_pod(self, child: str, attempt: int, role: str, status: dict[str, Any], index: int = 0) -> None:
+        """A pod of `child` as its controller would make it (a TrainJob's: role `node`, a completion index)."""
         job = child.rsplit("-", 1)[0]
         labels = {"memtune.dev/job": job, "memtune.dev/attempt": str(attempt), "memtune.dev/role": role}
-        pod = {"metadata": {"name": f"{child}-{role}-0", "namespace": NAMESPACE, "labels": labels}, "status": status}
+        name = f"{child}-{role}-{index}"
+        if role == "node":
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            name = f"{child}-node-0-{index}"
+        pod = {"metadata": {"name": name, "namespace": NAMESPACE, "labels": labels}, "status": status}
         self.emulator.objects[PODS, NAMESPACE, pod["metadata"]["name"]] = pod
 
     def serve_log(self, text: str) -> None:
@@ -181,6 +235,10 @@ def declare_resources(emulator: VersionedEmulator) -> None:
     )  # fmt: skip
     emulator.resources[PYTORCHJOBS] = kmock.ResourceInfo(
         kind="PyTorchJob", singular="pytorchjob", namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "delete"}, subresources={"status"},
+    )  # fmt: skip
+    emulator.resources[TRAINJOBS] = kmock.ResourceInfo(
+        kind="TrainJob", singular="trainjob", namespaced=True,
         verbs={"get", "list", "watch", "create", "patch", "delete"}, subresources={"status"},
     )  # fmt: skip
 
