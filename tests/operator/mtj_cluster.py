@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import kmock
+from kmock._internal.k8s import KubernetesError
 
 from .controllers import trainjob_pod
 from .mtj_schemas import chart_runtime, validate_builtin, validate_pytorchjob, validate_trainjob
@@ -37,8 +39,6 @@ EVENTS = kmock.resource("", "v1", "events")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 TEST_CLIENT = "X-Memtune-Test"  # marks the test's own requests (as kubectl), which RBAC does not concern
 OPERATOR_AGENTS = ("kopf/", "memtune-operator")  # User-Agent prefixes of the operator's requests (kopf's, its own)
-# (apiGroup, resource[/subresource], verb) of every request the operator made, across the whole run.
-USED: set[tuple[str, str, str]] = set()
 
 
 @functools.cache
@@ -65,6 +65,15 @@ def rbac_verb(request: kmock.Request) -> str:
     return next(verb for method, verb in verbs.items() if request.method == method)
 
 
+@attrs.frozen
+class Invalid(KubernetesError):
+    """What the API server answers an object its schema, CEL rules or an admission webhook refuse."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = ""
+
+
 class VersionedEmulator(kmock.KubernetesEmulator):
     """The emulator plus what kopf relies on: a fresh `metadata.resourceVersion` on every write, and the
     metadata a real API server sets on creation (uid, namespace, generation)."""
@@ -74,6 +83,9 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.invalid: list[str] = []  # what a real API server would have rejected; asserted empty by `cluster`
+        self.used: set[tuple[str, str, str]] = set()  # (apiGroup, resource[/sub], verb) the operator called
+        # A test's admission webhook: request → the message of a 422, or None to admit it.
+        self.refuse: Callable[[kmock.Request], str | None] | None = None
 
     def _check(self, request: kmock.Request) -> None:
         """Validate every object the operator sends against the schema a real cluster would apply, and its pods
@@ -83,9 +95,12 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         if request.resource is not None and request.resource.plural and agent.startswith(OPERATOR_AGENTS):
             resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
             used = (request.resource.group or "", resource, rbac_verb(request))
-            USED.add(used)
+            self.used.add(used)
             if used[2] not in chart_grants().get(used[:2], set()):
                 self.invalid.append(f"RBAC: the chart does not grant {used} ({request.method} {request.url.path})")
+        if request.resource is not None and self.refuse is not None and request.method == "POST":
+            if (reason := self.refuse(request)) is not None:
+                raise Invalid(message=reason)
         validators = VALIDATORS.get(request.resource, ()) if request.method == "POST" else ()
         if request.resource == MTJ and request.subresource == "status":
             validators = (_validate_status,)
@@ -197,9 +212,12 @@ class Cluster:
         self.emulator.objects[PODS, NAMESPACE, pod["metadata"]["name"]] = pod
 
     def serve_log(self, text: str) -> None:
-        """Every pod log read returns `text` (the emulator keeps no logs of its own)."""
-        plain = kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
-        self.emulator["get", PODS, kmock.subresource("log")] << plain << text.encode()
+        """Every pod log read returns `text` from now on (the emulator keeps no logs of its own)."""
+        first = not hasattr(self, "_log")
+        self._log = text.encode()
+        if first:
+            plain = kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
+            self.emulator["get", PODS, kmock.subresource("log")] << plain << (lambda: self._log)
 
     def events(self) -> list[dict[str, Any]]:
         """Events as the operator posted them (recorded requests, not stored state)."""
