@@ -54,6 +54,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.locks = collections.defaultdict(threading.Lock)  # job uid → lock: one pass at a time per job
     memo.last_error = {}  # job uid → message of the last ReconcileError Event (posted once, not every resync)
     memo.jobs = {}  # uid → (namespace, name) of every job seen by the watch
+    metrics.BOOK.clear()  # the watch lists every job again
     memo.metrics_server = metrics.serve(SETTINGS.metrics_port) if SETTINGS.metrics_port else None
     memo.resync = asyncio.create_task(_resync_forever(memo))
 
@@ -113,7 +114,7 @@ def run_pass(memo: kopf.Memo, namespace: str, name: str, uid: str, resync: bool 
 
 def _apply(kube: Kube, body: dict[str, Any], outcome: Outcome) -> None:
     meta = body["metadata"]
-    if outcome.status:
+    if not _already(body.get("status") or {}, outcome.status):  # an unchanged status is not written again
         kube.patch(JOBS, meta.get("namespace") or "default", meta["name"], {"status": outcome.status}, sub="status")
     if outcome.created:
         metrics.ATTEMPTS.labels(backend=outcome.created).inc()
@@ -125,6 +126,11 @@ def _apply(kube: Kube, body: dict[str, Any], outcome: Outcome) -> None:
         level = logging.WARNING if kind == "Warning" else logging.INFO
         log.log(level, "%s/%s %s: %s", meta.get("namespace"), meta["name"], reason, message)
         kube.post_event(body, kind, reason, message, COMPONENT)
+
+
+def _already(current: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether merging `patch` into `current` would change nothing (None deletes a key)."""
+    return all(current.get(key) == value if value is not None else key not in current for key, value in patch.items())
 
 
 def _report_error(memo: kopf.Memo, kube: Kube, body: dict[str, Any], error: KubeError) -> None:

@@ -37,6 +37,11 @@ class PhaseBook:
             self._phases[uid] = phase or ""
             self._publish()
 
+    def clear(self) -> None:
+        with self._lock:
+            self._phases.clear()
+            self._publish()
+
     def gone(self, uid: str) -> None:
         with self._lock:
             self._phases.pop(uid, None)

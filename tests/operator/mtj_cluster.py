@@ -98,9 +98,9 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             self.used.add(used)
             if used[2] not in chart_grants().get(used[:2], set()):
                 self.invalid.append(f"RBAC: the chart does not grant {used} ({request.method} {request.url.path})")
-        if request.resource is not None and self.refuse is not None and request.method == "POST":
-            if (reason := self.refuse(request)) is not None:
-                raise Invalid(message=reason)
+        refusing = request.resource is not None and self.refuse is not None and request.method == "POST"
+        if refusing and (reason := self.refuse(request)) is not None:
+            raise Invalid(message=reason)
         validators = VALIDATORS.get(request.resource, ()) if request.method == "POST" else ()
         if request.resource == MTJ and request.subresource == "status":
             validators = (_validate_status,)

@@ -46,9 +46,7 @@ async def test_trainjob_shape(cluster: Cluster, operator_with_trainer: OperatorP
     assert child["spec"]["runtimeRef"]["name"] == "memtune-torch" and child["spec"]["suspend"] is False
     # Credentials by Secret reference only: each storage key by secretKeyRef, no literal value.
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in trainer["env"] if "valueFrom" in e}
-    assert {name for name, ref in secret_refs.items() if ref["name"] == "s3-creds"} == set(
-        contract.STORAGE_SECRET_KEYS
-    )
+    assert {name for name, ref in secret_refs.items() if ref["name"] == "s3-creds"} == set(contract.STORAGE_SECRET_KEYS)
     assert secret_refs["HF_TOKEN"] == {"name": "hf", "key": "token"}
 
     pod = trainjob_pod(child, chart_runtime())  # what Trainer makes of it, one per node
@@ -61,7 +59,10 @@ async def test_trainjob_shape(cluster: Cluster, operator_with_trainer: OperatorP
     assert ("memtune-shm" in volumes) == bool(gpus)
     assert {m["mountPath"] for m in node["volumeMounts"]} >= {"/etc/memtune", "/tmp", "/scratch"}
     assert pod["spec"]["serviceAccountName"] == "trainer" and pod["spec"]["nodeSelector"] == {"gpu": "h100"}
-    assert pod["metadata"]["labels"]["memtune.dev/job"] == "nba" and pod["metadata"]["labels"]["memtune.dev/role"] == "node"
+    assert (
+        pod["metadata"]["labels"]["memtune.dev/job"] == "nba"
+        and pod["metadata"]["labels"]["memtune.dev/role"] == "node"
+    )
 
     config_map = cluster.get(CONFIG_MAPS, "nba-0-spec")
     assert config_map["metadata"]["labels"][contract.BACKEND_LABEL] == "TrainJob"
@@ -104,7 +105,9 @@ async def test_kueue_admits_by_unsuspending_and_the_clock_waits(
 
     result = {"artifactsUri": "s3://runs/nba/runs/r1", "metrics": {"recall": 1.0}}
     terminated = {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}}
-    cluster.add_pod("nba-0", 0, "node", {"phase": "Succeeded", "containerStatuses": [{"name": "node", "state": terminated}]})
+    cluster.add_pod(
+        "nba-0", 0, "node", {"phase": "Succeeded", "containerStatuses": [{"name": "node", "state": terminated}]}
+    )
     cluster.set_child_status(TRAINJOBS, "nba-0", {"conditions": [{"type": "Complete", "status": "True"}]})
     status = await until(lambda: (s := cluster.status("nba")).get("phase") == "Succeeded" and s)
     assert status["metrics"] == {"recall": 1.0} and status["artifactsUri"] == "s3://runs/nba/runs/r1"
