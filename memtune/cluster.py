@@ -178,8 +178,25 @@ Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="Namesp
 _console = Console()
 
 
+def _eta(seconds: int) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _summary(name: str, status: MemoryTuningJobStatus) -> str:
-    progress = f" step {status.progress.step}/{status.progress.maxSteps}" if status.progress else ""
+    """`nba: Running attempt 1 step 40/100 (40%) ETA 2m30s loss 0.5 on TrainJob recall=1`."""
+    progress = ""
+    if (report := status.progress) is not None:
+        progress = f" step {report.step}/{report.maxSteps}"
+        if report.percentage is not None:
+            progress += f" ({report.percentage}%)"
+        if report.estimatedRemainingSeconds is not None and status.phase == "Running":
+            progress += f" ETA {_eta(report.estimatedRemainingSeconds)}"
+        if report.loss is not None:
+            progress += f" loss {report.loss:.4g}"
+    if status.backend:
+        progress += f" on {status.backend}"
     metrics = (
         " " + " ".join(f"{key}={value:g}" for key, value in sorted(status.metrics.items())) if status.metrics else ""
     )

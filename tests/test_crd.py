@@ -230,5 +230,12 @@ def test_crd_metadata() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["mtj"]
     assert version["subresources"] == {"status": {}}
     assert [column["name"] for column in version["additionalPrinterColumns"]] == [
-        "Phase", "Step", "Max-Steps", "Recall", "Age",
+        "Phase", "Progress", "ETA-Seconds", "Loss", "Recall", "Step", "Max-Steps", "Backend", "Attempt", "Age",
     ]  # fmt: skip
+    # Every column's path exists in the status schema (a typo would show an empty column forever).
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for column in version["additionalPrinterColumns"][:-1]:
+        node = status
+        for part in column["jsonPath"].split(".")[2:]:
+            node = node["properties"][part] if "properties" in node else node["additionalProperties"]
+        assert node["type"] == column["type"], column

@@ -114,7 +114,7 @@ def test_a_two_process_pod_starts_both_ranks(backend: str, bucket: str, s3_serve
             "r_value": 8,
             "save_steps": 20,
             "max_length": 256,
-        },  # fmt: skip
+        },
         "memory": {"numExpertLayers": 1, "keyLayer": 0, "batchSize": 2, "gate": "always"},
         "gpuConfig": {"gpus": 2, "nodes": 1},
         "output": {"uri": f"{bucket}/out-{backend}"},
