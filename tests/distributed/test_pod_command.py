@@ -158,3 +158,29 @@ def test_a_two_process_pod_starts_both_ranks(backend: str, bucket: str, s3_serve
     assert result["artifactsUri"].startswith(f"{bucket}/out-{backend}/runs/")
     assert result["metrics"][contract.RECALL_METRIC] == 1.0
     assert yaml.safe_load((spec_dir / contract.SPEC_FILE_NAME).read_text())["spec"]["gpuConfig"]["gpus"] == 2
+
+
+def test_launch_from_env_reads_each_controllers_variables() -> None:
+    from memtune.spec import SpecError
+    from memtune.trainer.tuning.distributed import NodeLaunch, launch_from_env
+
+    kubeflow_v1 = {"WORLD_SIZE": "8", "RANK": "1", "MASTER_ADDR": "nba-0-master-0", "MASTER_PORT": "23456",
+                   "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "1", "PET_NNODES": "2"}  # fmt: skip
+    assert launch_from_env(kubeflow_v1) == NodeLaunch(2, 4, 1, "nba-0-master-0", 23456)
+    trainer_v2 = {"PET_NNODES": "4", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "3",
+                  "PET_MASTER_ADDR": "nba-0-node-0-0.nba-0", "PET_MASTER_PORT": "29400"}  # fmt: skip
+    assert launch_from_env(trainer_v2) == NodeLaunch(4, 1, 3, "nba-0-node-0-0.nba-0", 29400)
+    assert launch_from_env({"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2"}) == NodeLaunch(1, 2, 0, "127.0.0.1", 29500)
+    # One process: this process is the rank (a laptop, a one-GPU pod); under torchrun: always a rank.
+    assert launch_from_env({}) is None
+    assert launch_from_env({"WORLD_SIZE": "1", "RANK": "0", "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1"}) is None
+    assert launch_from_env({**kubeflow_v1, "TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "RANK": "5"}) is None
+    with pytest.raises(SpecError) as error:
+        launch_from_env({**kubeflow_v1, "WORLD_SIZE": "2"})
+    assert [field for field, _ in error.value.problems] == ["WORLD_SIZE"]
+    with pytest.raises(SpecError) as error:
+        launch_from_env({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "auto", "PET_NODE_RANK": "0"})
+    assert [field for field, _ in error.value.problems] == ["PET_NPROC_PER_NODE"]
+    with pytest.raises(SpecError) as error:
+        launch_from_env({"PET_NNODES": "2", "PET_NODE_RANK": "2"})
+    assert {field for field, _ in error.value.problems} == {"PET_NODE_RANK", "PET_MASTER_ADDR"}
