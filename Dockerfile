@@ -26,7 +26,8 @@ RUN pip install "/src[operator]" && rm -rf /src \
 ENV HOME=/tmp
 USER 65532
 WORKDIR /tmp
-EXPOSE 8080
+# 8080: kopf's liveness endpoint; 8081: Prometheus metrics (MEMTUNE_METRICS_PORT).
+EXPOSE 8080 8081
 ENTRYPOINT ["kopf", "run", "-m", "memtune.operator", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
 # The chart replaces this with --namespace=NS flags to watch fewer namespaces.
 CMD ["--all-namespaces"]

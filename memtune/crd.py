@@ -107,7 +107,8 @@ _SPEC_RULES = [
     {
         "rule": "!has(self.backend) || self.backend != 'job' || !has(self.gpuConfig) || !has(self.gpuConfig.nodes)"
         " || self.gpuConfig.nodes == 1",
-        "message": "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'pytorchjob'",
+        "message": "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'trainjob' or "
+        "'pytorchjob'",
     },
 ]
 
@@ -209,11 +210,22 @@ def _open_api_schema() -> dict[str, Any]:
     }
 
 
+# `kubectl get mtj`; priority 1 columns only with `-o wide`.
 _PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
-    {"name": "Max-Steps", "type": "integer", "jsonPath": ".status.progress.maxSteps"},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage", "description": "percent"},
+    {
+        "name": "ETA-Seconds",
+        "type": "integer",
+        "jsonPath": ".status.progress.estimatedRemainingSeconds",
+        "description": "estimated seconds of training left",
+    },
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Recall", "type": "number", "jsonPath": ".status.metrics.recall"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+    {"name": "Max-Steps", "type": "integer", "jsonPath": ".status.progress.maxSteps", "priority": 1},
+    {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

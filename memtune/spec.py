@@ -349,8 +349,10 @@ class MemoryTuningJobSpec(_Strict):
     output: OutputRef
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     # Cluster fields: the operator reads them, local runs ignore them.
-    backend: Literal["auto", "pytorchjob", "job"] = Field(
-        "auto", description="auto: PyTorchJob where Kubeflow is installed, else a batch/v1 Job (single node only)."
+    backend: Literal["auto", "trainjob", "pytorchjob", "job"] = Field(
+        "auto",
+        description="auto: a Kubeflow Trainer v2 TrainJob where its CRD is installed, else a Kubeflow PyTorchJob, "
+        "else a batch/v1 Job (single node only).",
     )
     trainer: TrainerPodConfig = Field(default_factory=TrainerPodConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -369,7 +371,9 @@ class MemoryTuningJobSpec(_Strict):
     @model_validator(mode="after")
     def _single_node_job(self) -> MemoryTuningJobSpec:
         if self.backend == "job" and self.gpuConfig.nodes != 1:
-            raise ValueError("backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'pytorchjob'")
+            raise ValueError(
+                "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'trainjob' or 'pytorchjob'"
+            )
         return self
 
 
@@ -404,8 +408,18 @@ class Condition(_Strict):
 
 
 class Progress(_Strict):
+    """The trainer's latest step report, as the operator last read it from the rank-0 log."""
+
     step: int = Field(0, ge=0)
     maxSteps: int = Field(0, ge=0)
+    percentage: int | None = Field(None, ge=0, le=100, description="100 * step / maxSteps, rounded down.")
+    estimatedRemainingSeconds: int | None = Field(
+        None, ge=0, description="(maxSteps - step) at the step rate seen in this attempt; an upper bound (stopLoss)."
+    )
+    loss: float | None = Field(None, description="Training loss of the latest step.")
+    updateTime: str | None = Field(None, description="When the operator read this report.")
+    firstStep: int | None = Field(None, ge=0, description="First step seen in this attempt: the step rate's base.")
+    firstStepTime: str | None = Field(None, description="When firstStep was seen.")
 
 
 class MemoryTuningJobStatus(_Strict):
@@ -417,6 +431,16 @@ class MemoryTuningJobStatus(_Strict):
     startTime: str | None = None
     completionTime: str | None = None
     attempt: int | None = Field(None, ge=0, description="Current attempt; children are named {job}-{attempt}.")
+    backend: Literal["TrainJob", "PyTorchJob", "Job"] | None = Field(
+        None, description="Kind of the children: chosen once, for every attempt."
+    )
+    suspendedSeconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds held (suspended, or waiting for Kueue) since startTime: not counted against "
+        "activeDeadlineSeconds.",
+    )
+    suspendedSince: str | None = Field(None, description="Start of the current hold, if held now.")
     progress: Progress | None = None
     metrics: dict[str, float] | None = Field(None, description="Final metrics reported by the trainer.")
     artifactsUri: str | None = None

@@ -105,7 +105,8 @@ ROWS: list[tuple[str, dict[str, Any], bool]] = [
     ("nodes 0", _with("spec.gpuConfig", {"nodes": 0}), False),
     ("job backend one node", _with("spec.backend", "job"), True),
     ("job backend 4 nodes", _with("spec.gpuConfig", {"nodes": 4}, _with("spec.backend", "job")), False),
-    ("unknown backend", _with("spec.backend", "trainjob"), False),
+    ("unknown backend", _with("spec.backend", "mpijob"), False),
+    ("trainjob backend 4 nodes", _with("spec.gpuConfig", {"nodes": 4}, _with("spec.backend", "trainjob")), True),
     ("gate always", _with("spec.memory", {"gate": "always", "batchSize": 4}), True),
     ("gate unknown", _with("spec.memory", {"gate": "never"}), False),
     ("negative threshold", _with("spec.memory", {"distanceThreshold": -1.0}), False),
@@ -265,5 +266,12 @@ def test_crd_metadata() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["mtj"]
     assert version["subresources"] == {"status": {}}
     assert [column["name"] for column in version["additionalPrinterColumns"]] == [
-        "Phase", "Step", "Max-Steps", "Recall", "Age",
+        "Phase", "Progress", "ETA-Seconds", "Loss", "Recall", "Step", "Max-Steps", "Backend", "Attempt", "Age",
     ]  # fmt: skip
+    # Every column's path exists in the status schema (a typo would show an empty column forever).
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for column in version["additionalPrinterColumns"][:-1]:
+        node = status
+        for part in column["jsonPath"].split(".")[2:]:
+            node = node["properties"][part] if "properties" in node else node["additionalProperties"]
+        assert node["type"] == column["type"], column

@@ -33,30 +33,34 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* Rules the operator needs in every namespace it watches (the contract in docs/trainer-contract.md). No Secrets. */}}
+{{/* Rules the operator needs in every namespace it watches: exactly the calls memtune/operator makes
+(memtune.operator.rbac.NAMESPACED_RULES; tests/operator checks every request against them). No Secrets. */}}
 {{- define "memtune.namespacedRules" -}}
 - apiGroups: ["memtune.dev"]
   resources: ["memorytuningjobs"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["memtune.dev"]
   resources: ["memorytuningjobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
