@@ -104,7 +104,9 @@ class Gate:
         if self._facts_about(entity, prompt) > 1:
             asked_elsewhere = any(self.fit(prompt, slot, entity) > asked for slot in others)
         else:
-            asked_elsewhere = any(self._relation_fit(prompt, slot, entity) >= max(asked, STRICT) for slot in others)
+            asked_elsewhere = any(
+                (fit := self._relation_fit(prompt, slot, entity)) > asked and fit >= STRICT for slot in others
+            )
         if asked_elsewhere:
             return Decision(-1, "relation")
         anchored = self.anchored_threshold is not None and bool(self.anchors.slots[chosen].anchors)
