@@ -1,7 +1,7 @@
 """Routing: prompt key -> faiss top-k slots -> experts and mixing weights -> distance gate.
 
 Every trained question owns one slot (its key). A slot points at an expert: its own, or a shared one when the
-questions outnumber `index_max_size` (see bank.py). For a query key q:
+questions outnumber `index_max_size` (see tuning/assign.py). For a query key q:
 
     slots, _ = index.search(q, k)                      # (B, k) nearest trained questions
     dist     = ||q - keys[slots]||²                    # (B, k) exact, even when the index is approximate (PQ)
@@ -25,6 +25,7 @@ import torch
 
 from memtune.trainer.mome.anchors import Anchors
 from memtune.trainer.mome.experts import Route
+from memtune.trainer.mome.keys import PromptTokens
 
 
 @dataclass
@@ -72,8 +73,19 @@ class Router:
         self.temperature = temperature
         self.anchors = anchors if threshold is not None else None
 
-    def __call__(self, query: torch.Tensor, prompts: Sequence[str] | None = None) -> Routing:
-        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it)."""
+    def __call__(
+        self,
+        query: torch.Tensor,
+        prompts: Sequence[str] | None = None,
+        *,
+        tokens: Sequence[PromptTokens] | None = None,
+        token_nats: Sequence[Sequence[float]] | None = None,
+    ) -> Routing:
+        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it).
+
+        tokens: each prompt's chat-prompt tokens; token_nats: each of those tokens' surprisal under the base model
+        (nats, 0.0 for the first), both from generation's prefill (model.py); None where the caller has none
+        (training routes its own keys). Accepted for the gate; not used yet."""
         _, slots = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.k)  # (B, k)
         slots_t = torch.from_numpy(slots).clamp(min=0)  # -1 marks "fewer than k found" (IVF/HNSW); reuse slot 0
         dist = ((query[:, None, :] - self.keys[slots_t]) ** 2).sum(-1)  # (B, k)

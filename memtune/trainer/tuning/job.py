@@ -36,12 +36,14 @@ from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.mome.anchors import Anchors, question_anchors
 from memtune.trainer.mome.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
+from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
-from memtune.trainer.mome.experts import ExpertHooks, init_experts
+from memtune.trainer.mome.experts import init_experts
 from memtune.trainer.mome.index import build_index, plan_index
 from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
 from memtune.trainer.mome.memory import Memory, MemoryLayout
-from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.mome.model import MemoryModel
+from memtune.trainer.tuning.assign import assign_experts
 from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
@@ -192,7 +194,7 @@ def build_memory(
         gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
-    return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
+    return Memory(layout, TensorBank(params), keys, slot_expert, index, plan, anchors), encoded, gate
 
 
 def _one_answer_per_question(examples: list[Example]) -> list[Example]:
@@ -265,17 +267,16 @@ def run_job(
     examples = _one_answer_per_question(examples)
     layout = plan_layout(job, len(decoder_layers(base.model)))
     memory, encoded, gate = build_memory(base, examples, job, layout, group)
-    # each question routes as generation will route it (never gated: its own key and anchors match)
-    routes = memory.router()(memory.keys, [e.input for e in examples]).route
+    model = MemoryModel(base, memory)  # the hooks and the router generation will use
+    routes = model.training_route([e.input for e in examples])
     # (N, k) each: rank 0's index decides, so no rank can route differently
     group.broadcast_(routes.experts)
     group.broadcast_(routes.weights)
     checkpoints = checkpoint_uri(spec.output.uri, key)
     resumed = load_checkpoint(checkpoints, memory.params, args)
     optimizer, state = resumed if resumed is not None else (None, None)
-    hooks = ExpertHooks(base.model, layout.expert_layers)
     try:
-        setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
+        setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
         result = train_experts(
             setup,
             args,
@@ -288,7 +289,7 @@ def run_job(
             state=state,
         )
     finally:
-        hooks.remove()
+        model.close()
     if show_progress:
         print()
     recall = float(result.exact.float().mean())
@@ -311,6 +312,8 @@ def run_job(
         "gate": gate,
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
+        # generation's default budget covers it (model.py): a trained answer is never cut by default
+        "longest_answer_tokens": max(len(answer_tokens(tokenizer, e.output)) for e in examples),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
     save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
