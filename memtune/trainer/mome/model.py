@@ -17,11 +17,13 @@ experts are copied to the device, where an LRU keeps the hot ones; bank.py).
 
 Generation, per batch of B prompts, left-padded to T tokens. Experts act only at the last prompt token and on
 generated tokens (experts.py), so the prompt's first T-1 positions are pure base model:
-    1. prefill  base model over ids[:, :T-1], KV cache kept, experts off. Captured on the way: the key layer's input
-                -> keys (B, d) = mean over each question's tokens (keys.pool_keys); the logits at every position ->
-                each prompt token's surprisal in nats (-log p(token t | tokens < t); 0.0 for a prompt's first token).
-    2. route    router(keys, prompts, tokens=[PromptTokens], token_nats=[[float] per prompt]) -> experts, weights
-                (B, k); a gated row weighs 0 (its output is the base model's, bit for bit).
+    1. prefill  the base model's decoder over ids[:, :T-1], KV cache kept, experts off. Captured on the way: the key
+                layer's input -> keys (B, d) = mean over each question's tokens (keys.pool_keys); the final hidden
+                state at every position, from which each prompt token's surprisal in nats follows (-log p(token t |
+                tokens < t); 0.0 for a prompt's first token) -- computed only for the prompts the router reads
+                (TokenSurprisal: one LM-head pass over that prompt's positions), so an unused input costs nothing.
+    2. route    router(keys, prompts, tokens=[PromptTokens], token_nats=TokenSurprisal) -> experts, weights (B, k);
+                a gated row weighs 0 (its output is the base model's, bit for bit).
     3. decode   experts armed; transformers' generate continues from the last prompt token with that cache.
 The split costs no extra pass: the last prompt token runs once, as the first decoding step.
 
@@ -85,11 +87,11 @@ class Answer:
     """The generated text, special tokens dropped, surrounding whitespace stripped."""
     route: dict[str, object] | None
     """{"experts": [...], "distance": float, "gated": bool}; None for a bare base model."""
-    finish_reason: FinishReason = "stop"
+    finish_reason: FinishReason
     """"stop": the model ended its turn; "length": cut at max_new_tokens (OpenAI's meaning)."""
-    completion_tokens: int = 0
+    completion_tokens: int
     """Tokens generated, the end-of-turn token included."""
-    prompt_tokens: int = 0
+    prompt_tokens: int
     """Tokens of the chat prompt."""
 
 
@@ -128,8 +130,43 @@ class _Prefill:
     """K/V of the first T-1 columns."""
     keys: torch.Tensor
     """(B, d) float32 on the host: routing keys."""
-    token_nats: list[list[float]]
-    """Per prompt, each of its tokens' surprisal in nats (its first token 0.0)."""
+    token_nats: TokenSurprisal
+    """Per prompt, each of its tokens' surprisal in nats (its first token 0.0), computed when read."""
+
+
+class TokenSurprisal(Sequence[list[float]]):
+    """Each prompt's token surprisal in nats, read like a list of lists; a prompt's row is computed on first read.
+
+    From the prefill's final hidden states (B, T-1, d): column c's logits predict column c+1, so a prompt of n tokens
+    (columns T-n..T-1 of the left-padded batch) gets its tokens 2..n from the LM head at columns T-n..T-2; its first
+    token has no context and gets 0.0. Logits are those of the model's forward (the output embeddings, then Gemma's
+    final soft-capping where the config has it), in float32, one prompt at a time: never a (B, T, V) tensor."""
+
+    def __init__(self, model: torch.nn.Module, hidden: torch.Tensor, batch: _Batch):
+        self._model, self._hidden, self._batch = model, hidden, batch
+        self._rows: dict[int, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._batch.tokens)
+
+    def __getitem__(self, row):  # type: ignore[override]  # int -> list[float], slice -> list[list[float]]
+        if isinstance(row, slice):
+            return [self[i] for i in range(len(self))[row]]
+        row = range(len(self))[row]  # negative indexes, IndexError past the end
+        if row not in self._rows:
+            self._rows[row] = self._compute(row)
+        return self._rows[row]
+
+    @torch.no_grad()
+    def _compute(self, row: int) -> list[float]:
+        width, n = self._batch.ids.shape[1], len(self._batch.tokens[row].ids)
+        logits = self._model.get_output_embeddings()(self._hidden[row, width - n : width - 1]).float()  # (n-1, V)
+        cap = getattr(self._model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1)
+        nats = -logp.gather(1, self._batch.ids[row, width - n + 1 :, None])[:, 0]  # (n-1,)
+        return [0.0, *nats.tolist()]
 
 
 class MemoryModel:
@@ -381,20 +418,20 @@ class MemoryModel:
         return _Batch(prompts, tokens, ids, attention, positions, question)
 
     def _prefill(self, batch: _Batch) -> _Prefill:
-        """Base model over every column but the last: KV cache, routing keys and each token's surprisal."""
+        """The decoder over every column but the last: KV cache, routing keys, final hidden states (no LM head)."""
         model = self.base.model
         cache = DynamicCache(config=model.config)
         key_layer = self.memory.layout.key_layer if self.memory is not None else 0
         with capture_layer_inputs(model, [key_layer]) as captured:
-            logits = model(
+            hidden = model.base_model(
                 input_ids=batch.ids[:, :-1],
                 attention_mask=batch.attention[:, :-1],
                 position_ids=batch.positions[:, :-1],
                 cache=cache,
                 use_cache=True,
-            ).logits  # (B, T-1, V)
+            ).last_hidden_state  # (B, T-1, d), after the final norm
         keys = pool_keys(captured[key_layer].float(), batch.question[:, :-1]).cpu()  # (B, d)
-        return _Prefill(cache, keys, _surprisal(logits, batch))
+        return _Prefill(cache, keys, TokenSurprisal(model, hidden, batch))
 
     def _route(self, batch: _Batch, prefill: _Prefill) -> Routing:
         assert self.router is not None  # callers check for a memory
@@ -412,18 +449,3 @@ class MemoryModel:
         local = torch.searchsorted(needed, experts).clamp(max=len(needed) - 1)  # (B, k) into `needed`
         route = Route(local.to(self.device), weights.to(self.device, EXPERT_DTYPE))
         self._hooks.set_route(tensors["A"], tensors["B"], route, last_only=last_only)
-
-
-def _surprisal(logits: torch.Tensor, batch: _Batch) -> list[list[float]]:
-    """logits (B, T-1, V) over the left-padded prompts -> per prompt, each token's nats (its first token 0.0).
-
-    Column c's logits predict column c+1, so a prompt of n tokens (columns T-n..T-1) gets its tokens 2..n from
-    logits[T-n : T-1]. One row at a time: a float32 copy of (T, V) logits, never (B, T, V)."""
-    width = batch.ids.shape[1]
-    result = []
-    for row, tokens in enumerate(batch.tokens):
-        n = len(tokens.ids)
-        logp = torch.log_softmax(logits[row, width - n : width - 1].float(), dim=-1)  # (n-1, V)
-        nats = -logp.gather(1, batch.ids[row, width - n + 1 :, None])[:, 0]  # (n-1,)
-        result.append([0.0, *nats.tolist()])
-    return result
