@@ -111,7 +111,7 @@ def throughput(model: MemoryModel, prompts: list[str], tokens: int, clock: Clock
     _, seconds, peak = clock.measure(
         lambda: model.generate(prompts, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=len(prompts))
     )
-    return {"tokens_per_second": len(prompts) * tokens / seconds, "seconds": seconds, "peak_bytes": peak}
+    return {"tokens_per_second": len(prompts) * tokens / seconds, "batch": len(prompts), "peak_bytes": peak}
 
 
 def latency(tuned: MemoryModel, base: MemoryModel, prompts: list[str], tokens: int, clock: Clock) -> dict[str, float]:
@@ -134,9 +134,15 @@ def folder_bytes(folder: Path) -> int:
 
 
 def train(
-    base_model: str, facts: list[dict[str, str]], work: Path, clock: Clock, **recipe: Any
+    base_model: str,
+    facts: list[dict[str, str]],
+    work: Path,
+    clock: Clock,
+    memory: dict[str, Any] | None = None,
+    **recipe: Any,
 ) -> tuple[dict[str, Any], str]:
     """One job; returns its numbers and run folder. Which device trained is read off the device's memory peak."""
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "facts.jsonl"
     data.write_text("".join(json.dumps({"input": f["input"], "output": f["output"]}) + "\n" for f in facts))
     job = parse_job(
@@ -147,6 +153,7 @@ def train(
                 "dataset": {"uri": str(data)},
                 "finetuneArgs": {**RECIPE, **recipe},
                 "output": {"uri": str(work / "out")},
+                **({"memory": memory} if memory else {}),
             },
         }
     )
@@ -209,7 +216,7 @@ def synthetic_memory(base: LoadedModel, experts: int, rank: int, folder: Path) -
     """A bank of random experts on the model's top 8 layers (bfloat16 storage), saved by save_run, loaded lazily."""
     config = base.model.config
     layers, hidden = config.num_hidden_layers, config.hidden_size
-    expert_layers = list(range(max(0, layers - 8), layers))
+    expert_layers = list(range(max(layers - 8, layers // 2), layers))  # the top 8 (half of a tiny model)
     key_layer = min(round(0.4 * layers), expert_layers[0] - 1)
     generator = torch.Generator().manual_seed(0)
     a = (torch.randn(experts, len(expert_layers), hidden, rank, generator=generator) / hidden**0.5).bfloat16()
@@ -244,6 +251,7 @@ def part_big(options: argparse.Namespace, device: torch.device, clock: Clock, tr
     result["bank"] = {
         "experts": memory.num_experts,
         "rank": 64,
+        "layers": len(memory.layout.expert_layers),
         "storage_dtype": run.meta["experts"]["dtype"],
         "bytes_per_expert": memory.bank.bytes_per_expert,
         "bytes_per_fact_on_disk": folder_bytes(folder) / memory.num_experts,
@@ -272,8 +280,12 @@ def train_big(base: LoadedModel, options: argparse.Namespace, device: torch.devi
     base.model.save_pretrained(folder, safe_serialization=True)
     base.tokenizer.save_pretrained(folder)
     facts = make_facts(options.big_facts)
+    # the tiny dry-run model has 4 layers: the default 8 expert layers do not fit (the 8B shapes take the defaults)
+    memory = {"keyLayer": 1, "expertLayers": [2, 3]} if options.dry else None
     learning_rate = 0.1 if options.dry else 1.0e-2
-    trained, run_dir = train(str(folder), facts, options.work / "big", clock, r_value=16, learning_rate=learning_rate)
+    trained, run_dir = train(
+        str(folder), facts, options.work / "big", clock, memory, r_value=16, learning_rate=learning_rate
+    )
     with MemoryModel.load(run_dir, device) as tuned:
         trained["recall"] = recall(tuned, facts, clock)
     return trained
@@ -360,7 +372,7 @@ def report(summary: dict[str, Any]) -> str:
             f"| bytes per fact on disk (whole run folder) | {_size(training['bytes_per_fact_on_disk'])} |",
             f"| exact match, trained questions (on {summary['device']}) | {part['recall']['exact_match']:.1%} |",
             f"| locality (16 unrelated prompts: same answer as the base model) | {part['locality']:.1%} |",
-            f"| generation, batch 32 × 64 tokens: MoME / base | "
+            f"| generation, batch {part['throughput_mome']['batch']} × 64 tokens: MoME / base | "
             f"{part['throughput_mome']['tokens_per_second']:.0f} / {part['throughput_base']['tokens_per_second']:.0f} "
             f"tokens/s, peak {_size(part['throughput_mome']['peak_bytes'])} / "
             f"{_size(part['throughput_base']['peak_bytes'])} |",
@@ -372,15 +384,16 @@ def report(summary: dict[str, Any]) -> str:
         bank, speed = big["bank"], big["latency"]
         lines += [
             "",
-            f"## Llama-3.1-8B shapes, random weights ({big['parameters'] / 1e9:.2f} B parameters, {big['dtype']})",
+            f"## Llama-3.1-8B shapes, random weights ({big['parameters'] / 1e6:,.1f} M parameters, {big['dtype']})",
             "",
             "| measure | value |",
             "|---|---|",
             f"| weights on the device | {_size(big['weights_device_bytes'])} (built in {big['build_seconds']:.0f} s) |",
-            f"| expert (rank {bank['rank']}, 8 layers, {bank['storage_dtype']}) | {_size(bank['bytes_per_expert'])} |",
+            f"| expert (rank {bank['rank']}, {bank['layers']} layers, {bank['storage_dtype']}) | "
+            f"{_size(bank['bytes_per_expert'])} |",
             f"| bytes per fact on disk ({bank['experts']} synthetic experts, whole run folder) | "
             f"{_size(bank['bytes_per_fact_on_disk'])} |",
-            f"| generation, batch 32 × 64 tokens, never gated: MoME / base | "
+            f"| generation, batch {big['throughput_mome']['batch']} × 64 tokens, never gated: MoME / base | "
             f"{big['throughput_mome']['tokens_per_second']:.0f} / {big['throughput_base']['tokens_per_second']:.0f} "
             f"tokens/s, peak {_size(big['throughput_mome']['peak_bytes'])} / "
             f"{_size(big['throughput_base']['peak_bytes'])} |",

@@ -93,16 +93,23 @@ def test_gated_rows_are_the_base_model_bit_for_bit_beside_routed_ones(tuned, fac
 def test_the_router_gets_each_prompts_tokens_and_their_surprisal(tuned, base, monkeypatch) -> None:
     from memtune.trainer.mome.keys import right_pad, tokenize_prompt
 
-    calls = []
+    calls, head = [], []
     router = tuned.router
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
         return router(*args, **kwargs)
 
-    monkeypatch.setattr(tuned, "router", recording)
     prompts = ["Where was Lumdor Pragridor born?", "What is the capital of France, the country in Europe?"]
-    tuned.generate(prompts, max_new_tokens=4)
+    lm_head = tuned.base.model.get_output_embeddings()
+    handle = lm_head.register_forward_hook(lambda module, args, out: head.append(args[0].shape))
+    try:
+        tuned.generate(prompts, max_new_tokens=4)  # the router reads no surprisal yet: the LM head sees no prompt
+        assert head and all(shape[-2] == 1 for shape in head)
+        monkeypatch.setattr(tuned, "router", recording)
+        tuned.generate(prompts, max_new_tokens=4)
+    finally:
+        handle.remove()
     [call] = calls
     expected = [tokenize_prompt(base.tokenizer, prompt) for prompt in prompts]
     assert [t.ids for t in call["tokens"]] == [t.ids for t in expected]
