@@ -21,11 +21,10 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from memtune.data import Example
@@ -113,8 +112,11 @@ def _bare(questions: Sequence[str]) -> list[str]:
     return list(questions)
 
 
-def _load_rung(method: str, ladder: Ladder, device: torch.device) -> _Rung:
-    """Load what `method` needs on `device` (models are imported here, lazily, so scoring stays torch-free)."""
+def _load_rung(method: str, ladder: Ladder) -> _Rung:
+    """Load what `method` needs on `ladder.device` (models are imported here, lazily, so scoring stays torch-free)."""
+    from memtune.trainer.mome.devices import resolve_device
+
+    device = resolve_device(ladder.device)
     if method == "mome":
         from memtune.evaluation.mome import read_loss_curve
         from memtune.trainer.mome.artifacts import resolve_run
@@ -203,13 +205,14 @@ def run_ladder(
     order = sorted(ladder.methods, key=METHODS.index)
     from memtune.trainer.mome.devices import resolve_device
 
-    device = resolve_device(ladder.device)  # once: a CPU-only machine is reported once, not per rung
+    # resolved once (a CPU-only machine is reported once, not per rung); every rung then loads on that device
+    ladder = replace(ladder, device=str(resolve_device(ladder.device)))
     if locality_prompts and "base" not in order:
         order = ["base", *order]  # locality is measured against the base model's answers
     for method in order:
         log.info("ladder: %s", method)
         started = time.monotonic()
-        rung = _load_rung(method, ladder, device)
+        rung = _load_rung(method, ladder)
         locality = None
         if locality_prompts:
             answers = rung.answer(rung.frame(locality_prompts))
