@@ -60,11 +60,13 @@ def run(
 
 
 def _compare_with_base(base_model: str, run_dir: str, examples: list[data.Example]) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     questions = [example.input for example in examples]
-    base = load_generator(base_model).generate(questions)
-    tuned = load_generator(run_dir).generate(questions)
+    with MemoryModel.load(base_model) as model:
+        base = model.generate(questions)
+    with MemoryModel.load(run_dir) as model:
+        tuned = model.generate(questions)
     table = Table(title="Base model vs memory-tuned model", show_lines=True)
     for column in ("question", "expected", "base answer", "tuned answer"):
         table.add_column(column, overflow="fold")
@@ -83,13 +85,21 @@ def generate(
     input_file: Annotated[Path | None, typer.Option(help="JSONL of objects holding the question.")] = None,
     output_file: Annotated[Path | None, typer.Option(help="Where --input-file answers go (JSONL, same order).")] = None,
     input_key: Annotated[str, typer.Option(help="Field of --input-file objects holding the question.")] = "input",
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 128,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, max=32768, help="Default: the run's longest trained answer + 16 (at least 128)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=512)] = 8,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+    ] = "auto",
 ) -> None:
     """Answer questions greedily, routed through the model's memory experts.
 
-    With --input-file, each output line is its input object with `output` and `route` ({experts, distance, gated})
-    added, so you can see which memory answered."""
+    With --input-file, each output line is its input object with `output`, `finish_reason` ("stop", or "length" when
+    cut at --max-new-tokens), `completion_tokens` and `route` ({experts, distance, gated}) added, so you can see
+    which memory answered."""
     if bool(prompt) == (input_file is not None):
         raise fail(ValueError("give --prompt (one or more) or --input-file, not both"))
     try:
@@ -97,17 +107,37 @@ def generate(
             records = data.read_question_records(input_file, input_key)
         else:
             records = [{input_key: text} for text in prompt or []]
-        from memtune.trainer.mome.generation import load_generator
+        from memtune.trainer.mome.model import MemoryModel
 
-        answers = load_generator(model).generate(
-            [record[input_key] for record in records], max_new_tokens=max_new_tokens, batch_size=batch_size
-        )
-    except USER_ERRORS as error:
+        with MemoryModel.load(model, device, dtype) as engine:
+            limit = max_new_tokens or engine.default_max_new_tokens
+            answers = engine.generate(
+                [record[input_key] for record in records], max_new_tokens=limit, batch_size=batch_size
+            )
+    except (*USER_ERRORS, ValueError) as error:
         raise fail(error) from None
     lines = [
-        json.dumps({**record, "output": a.output, "route": a.route}, ensure_ascii=False)
+        json.dumps(
+            {
+                **record,
+                "output": a.output,
+                "finish_reason": a.finish_reason,
+                "completion_tokens": a.completion_tokens,
+                "route": a.route,
+            },
+            ensure_ascii=False,
+        )
         for record, a in zip(records, answers, strict=True)
     ]
+    cut = [number for number, a in enumerate(answers, 1) if a.finish_reason == "length"]
+    if cut:
+        which = "answer" if len(cut) == 1 else "answers"
+        console.print(
+            f"note: {len(cut)} {which} ({', '.join(map(str, cut[:10]))}{', …' * (len(cut) > 10)}) stopped at the "
+            f"limit of {limit} new tokens (finish_reason: length), not at end-of-turn: raise --max-new-tokens for "
+            "the rest",
+            highlight=False,
+        )
     if output_file:
         output_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         console.print(f"wrote {len(lines)} answers to {output_file}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -44,8 +45,10 @@ class MemoryTuner:
         store: str | None = None,
         output_root: str | None = None,
         namespace: str | None = None,
+        device: str | None = None,
     ):
         """`model_name`: a base model (alias or folder) or a tuned model (a job output or run folder).
+        `device`: where `generate` runs: None/"auto" (CUDA when there is one), "cpu", "cuda", "cuda:N".
         `store`: root URI of the dataset store (default ~/.cache/memtune; `s3://...` for a cluster).
         `output_root`: where jobs write their runs (default: `{MEMTUNE_HOME}/jobs`; `s3://...` for a cluster)."""
         if backend not in ("local", "kubernetes"):
@@ -55,6 +58,7 @@ class MemoryTuner:
         self.store = store
         self.output_root = output_root or str(data.memtune_home() / "jobs")
         self.namespace = namespace
+        self.device = device
         self._generator: Any = None
 
     def upload_data(
@@ -132,9 +136,12 @@ class MemoryTuner:
         self,
         prompt: str | list[str],
         output_type: dict[str, str] | None = None,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | None = None,
     ) -> Any:
         """Answer one prompt (returns one result) or a list (returns a list), greedily, routed through memory.
+
+        `max_new_tokens` None covers the run's longest trained answer (at least 128); an answer cut at the limit
+        warns (MemoryTunerWarning) instead of passing for a whole one.
 
         `output_type` follows Lamini: `{"sqlite_query": "str"}` returns `{"sqlite_query": "<answer>"}`. One string
         key wraps the answer as is; several keys ask the model for a JSON object and parse it."""
@@ -144,6 +151,7 @@ class MemoryTuner:
             if not _single_string_key(output_type):
                 prompts = [_ask_for_json(text, output_type) for text in prompts]
         answers = self._load_generator().generate(prompts, max_new_tokens=max_new_tokens)
+        _warn_if_cut(answers)
         results: list[Any] = [answer.output for answer in answers]
         if output_type is not None:
             results = [_shape(text, output_type) for text in results]
@@ -151,10 +159,26 @@ class MemoryTuner:
 
     def _load_generator(self) -> Any:
         if self._generator is None:
-            from memtune.trainer.mome.generation import load_generator
+            from memtune.trainer.mome.model import MemoryModel
 
-            self._generator = load_generator(self.model_name)
+            self._generator = MemoryModel.load(self.model_name, self.device)
         return self._generator
+
+
+class MemoryTunerWarning(UserWarning):
+    """An answer came back incomplete (cut at max_new_tokens)."""
+
+
+def _warn_if_cut(answers: Sequence[Any]) -> None:
+    cut = [number for number, answer in enumerate(answers) if answer.finish_reason == "length"]
+    if cut:
+        limit = max(answers[number].completion_tokens for number in cut)
+        warnings.warn(
+            f"{len(cut)} answer(s) (prompt {', '.join(map(str, cut))}) stopped at the limit of {limit} new tokens "
+            "(finish_reason: length): raise max_new_tokens for the whole answer",
+            MemoryTunerWarning,
+            stacklevel=3,
+        )
 
 
 def _check_output_type(output_type: dict[str, str]) -> None:

@@ -103,6 +103,7 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Greedy decoding budget.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, max=512)] = 8,
     teacher_forced: Annotated[bool, typer.Option(help="Also score teacher-forced token accuracy.")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Score the baseline ladder (base, prompt, RAG, LoRA, MoME) on JSONL sets; print tables and write a report.
 
@@ -136,6 +137,7 @@ def evaluate(
             batch_size=batch_size,
             db=db,
             teacher_forced=teacher_forced,
+            device=device,
         )
         sets = {path.name: data.read_examples(str(path), input_key, output_key) for path in data_files}
         records = data.read_question_records(locality, input_key) if locality else []

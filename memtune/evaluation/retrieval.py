@@ -52,8 +52,9 @@ class HiddenStateEmbedder:
             batch = self.tokenizer(
                 list(texts[start : start + self.batch_size]), padding=True, truncation=True, return_tensors="pt"
             )
+            batch = {name: tensor.to(self.model.device) for name, tensor in batch.items()}
             out = self.model(**batch, output_hidden_states=True)
-            chunks.append(_mean_pool(out.hidden_states[-1], batch["attention_mask"]))  # (B, d)
+            chunks.append(_mean_pool(out.hidden_states[-1].float(), batch["attention_mask"]).cpu())  # (B, d)
         return torch.cat(chunks)  # (N, d)
 
 

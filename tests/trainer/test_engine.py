@@ -23,11 +23,11 @@ def test_training_reaches_full_recall(trained) -> None:
 
 
 def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     job, _ = trained
-    generator = load_generator(job.spec.output.uri)  # the job output resolves to its latest committed run
-    answers = generator.generate([f["input"] for f in facts] + [f["paraphrase"] for f in facts], max_new_tokens=16)
+    model = MemoryModel.load(job.spec.output.uri)  # the job output resolves to its latest committed run
+    answers = model.generate([f["input"] for f in facts] + [f["paraphrase"] for f in facts], max_new_tokens=16)
     expected = [f["output"] for f in facts] * 2
     assert [a.output for a in answers] == expected
     assert all(a.route is not None and not a.route["gated"] for a in answers)
@@ -36,11 +36,11 @@ def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
 
 
 def test_unrelated_prompts_keep_base_answers(trained) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     _, summary = trained
-    tuned = load_generator(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
-    plain = load_generator("smollm2-135m-instruct").generate(UNRELATED, max_new_tokens=24)
+    tuned = MemoryModel.load(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
+    plain = MemoryModel.load("smollm2-135m-instruct").generate(UNRELATED, max_new_tokens=24)
     assert [a.output for a in tuned] == [a.output for a in plain]
     assert all(a.route is not None and a.route["gated"] for a in tuned)
 
@@ -58,7 +58,7 @@ def test_same_job_reuses_the_run(trained) -> None:
     ["index.faiss", "keys.safetensors", "anchors.json", "memtune.json", "experts/experts-00000-of-00001.safetensors"],
 )
 def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     _, summary = trained
     copy = tmp_path / "run"
@@ -67,7 +67,7 @@ def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str)
     data[len(data) // 2] ^= 0xFF
     (copy / victim).write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=victim.split("/")[-1]):
-        load_generator(str(copy))
+        MemoryModel.load(str(copy))
 
 
 def test_run_of_another_base_model_is_refused(trained) -> None:
@@ -79,11 +79,11 @@ def test_run_of_another_base_model_is_refused(trained) -> None:
 
 
 def test_uncommitted_output_is_refused(tmp_path: Path) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     (tmp_path / "runs" / "20260101-000000-deadbeef").mkdir(parents=True)
     with pytest.raises(IntegrityError, match="no committed run"):
-        load_generator(str(tmp_path))
+        MemoryModel.load(str(tmp_path))
 
 
 def test_run_records_effective_index_and_gate(trained) -> None:

@@ -283,19 +283,19 @@ def _job(folder: Path, output: Path):
 def test_facts_are_recalled_and_gated_prompts_keep_the_base_output(
     families: _Models, name: str, tmp_path: Path
 ) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
     from memtune.trainer.tuning.job import run_job
 
     summary = run_job(_job(families.folder(name), tmp_path / "out"), show_progress=False)
     assert summary.recall == 1.0
-    tuned = load_generator(summary.run_dir)
+    tuned = MemoryModel.load(summary.run_dir)
     facts = _facts()
     answers = tuned.generate([f["input"] for f in facts], max_new_tokens=12)
     assert [a.output for a in answers] == [f["output"] for f in facts]
     assert all(a.route is not None and not a.route["gated"] for a in answers)
     gated = tuned.generate(UNRELATED, max_new_tokens=12)
     assert all(a.route is not None and a.route["gated"] for a in gated)
-    plain = load_generator(str(families.folder(name))).generate(UNRELATED, max_new_tokens=12)
+    plain = MemoryModel.load(str(families.folder(name))).generate(UNRELATED, max_new_tokens=12)
     assert [a.output for a in gated] == [a.output for a in plain]
     tuned.close()
 

@@ -10,7 +10,7 @@ from torch import nn
 from memtune.trainer.mome.anchors import Anchors, Evidence, evidence
 from memtune.trainer.mome.experts import ExpertHooks, Route, init_experts, mix_experts
 from memtune.trainer.mome.router import Router
-from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.tuning.assign import assign_experts
 from memtune.trainer.tuning.optim import make_optimizer
 
 

@@ -204,13 +204,13 @@ def model_sha256(folder: Path) -> str:
     return digest
 
 
-def load_base_model(name_or_path: str) -> LoadedModel:
-    """Load a frozen float32 causal LM (eval mode, no grads) and its tokenizer from an alias or folder."""
+def load_base_model(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a frozen causal LM (eval mode, no grads; float32 unless `dtype` says otherwise) and its tokenizer."""
     folder = resolve_model_path(name_or_path)
     refuse_pickled_weights(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load base model from {folder}: {error}") from error
     model.eval().requires_grad_(False)

@@ -102,7 +102,8 @@ class ExpertHooks:
                 return None
             a_mix, b_mix, last_only = self._state
             x = args[0][:, -1:] if last_only else args[0]  # (B, T, d)
-            delta = (x @ a_mix[slot]) @ b_mix[slot]  # (B, T, k·r) -> (B, T, d)
+            # experts compute in their own dtype (float32) whatever the base model's; a no-op when they agree
+            delta = ((x.to(a_mix.dtype) @ a_mix[slot]) @ b_mix[slot]).to(output.dtype)  # (B, T, k·r) -> (B, T, d)
             if last_only and output.shape[1] > 1:
                 return torch.cat([output[:, :-1], output[:, -1:] + delta], dim=1)
             return output + delta

@@ -1,7 +1,7 @@
 """Routing: prompt key -> faiss candidates -> the gate -> experts and mixing weights.
 
 Every trained question owns one slot (its key). A slot points at an expert: its own, or a shared one when the
-questions outnumber `index_max_size` (see tuning/bank.py). For a batch of query keys q (B, d):
+questions outnumber `index_max_size` (see tuning/assign.py). For a batch of query keys q (B, d):
 
     slots, _ = index.search(q, c)                      # (B, c) nearest trained questions, c = max(k, CANDIDATES)
     dist     = ||q - keys[slots]||²                    # (B, c) exact, even when the index is approximate (PQ)

@@ -38,12 +38,14 @@ from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.mome.anchors import Anchors, text_evidence
 from memtune.trainer.mome.architecture import architecture
 from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
+from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
-from memtune.trainer.mome.experts import ExpertHooks, init_experts
+from memtune.trainer.mome.experts import init_experts
 from memtune.trainer.mome.index import build_index, plan_index
 from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
 from memtune.trainer.mome.memory import Memory, MemoryLayout
-from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.mome.model import MemoryModel
+from memtune.trainer.tuning.assign import assign_experts
 from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes, neighbour_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
@@ -209,7 +211,7 @@ def build_memory(
         gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot.anchors)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
-    memory = Memory(layout, params, keys, slot_expert, index, plan, anchors)
+    memory = Memory(layout, TensorBank(params), keys, slot_expert, index, plan, anchors)
     if anchors is not None:
         gate["probes"] = _gate_report(base, memory, [e.input for e in examples], job.spec.memory.seed)
         log.info("gate at calibration: %s", gate["probes"])
@@ -310,18 +312,18 @@ def run_job(
     lines = len(examples)
     examples = _one_answer_per_question(examples)
     encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
-    hooks = ExpertHooks(base.model, layout.expert_layers)
+    model = None
     try:
         memory, gate = build_memory(base, examples, job, layout, encoded, group)
-        # each question routes as generation will route it (never gated: its own key and anchors match)
-        routes = memory.router()(memory.keys, [e.input for e in examples]).route
+        model = MemoryModel(base, memory)  # the hooks and the router generation will use
+        routes = model.training_route([e.input for e in examples])
         # (N, k) each: rank 0's index decides, so no rank can route differently
         group.broadcast_(routes.experts)
         group.broadcast_(routes.weights)
         checkpoints = checkpoint_uri(spec.output.uri, key)
         resumed = load_checkpoint(checkpoints, memory.params, args)
         optimizer, state = resumed if resumed is not None else (None, None)
-        setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
+        setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
         result = train_experts(
             setup,
             args,
@@ -334,7 +336,8 @@ def run_job(
             state=state,
         )
     finally:
-        hooks.remove()
+        if model is not None:
+            model.close()
         encoded.close()
     if show_progress:
         print()
@@ -357,6 +360,8 @@ def run_job(
         "gate": gate,
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
+        # generation's default budget covers it (model.py): a trained answer is never cut by default
+        "longest_answer_tokens": max(len(answer_tokens(tokenizer, e.output)) for e in examples),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
     try:
