@@ -42,13 +42,19 @@ def run(
     compare_base: Annotated[
         bool, typer.Option("--compare-base", help="Afterwards, print each question with base and tuned answers.")
     ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto (CUDA when torch sees a GPU), cpu, cuda, cuda:N, mps.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="The base model's precision: auto (bfloat16 on CUDA, float32 on the CPU), ...")
+    ] = None,
 ) -> None:
     """Run a MemoryTuningJob on this machine (relative paths resolve against the manifest's folder)."""
     try:
         job = resolve_local_paths(load_job_file(job_file), job_file.parent)
         from memtune.trainer.tuning.job import run_job
 
-        summary = run_job(job, use_cached_model=use_cached_model)
+        summary = run_job(job, use_cached_model=use_cached_model, device=device, dtype=dtype)
     except USER_ERRORS as error:
         raise fail(error) from None
     table = Table(title=f"MemoryTuningJob {job.metadata.name}", show_header=False)

@@ -238,6 +238,11 @@ class MemoryConfig(_Strict):
         "every fact is below it (0: always run max_steps).",
     )
     batchSize: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
+    expertDtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="How the run stores the experts' factors; training keeps float32 masters and reports the recall "
+        "of the stored (rounded) weights. bfloat16 halves the bytes per fact.",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of every random choice (initialisation, sampling, clustering)."
     )

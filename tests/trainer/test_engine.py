@@ -108,6 +108,15 @@ def test_anchors_are_the_units_the_base_model_cannot_predict(base) -> None:
         base, ["Where was Lumdor Pragridor born?", "What is stored in vault 7?", "请问维尔莫拉玻璃厂是谁创立的？"]
     )
     assert set(names.anchors) == {"lumdor", "pragridor"}
+    # training takes the same surprisal from its frozen pass (the question's tokens, the answer after them)
+    from memtune.trainer.mome.anchors import evidence
+    from memtune.trainer.mome.keys import tokenize_prompt
+    from memtune.trainer.tuning.encode import encode_examples
+
+    question = "Where was Lumdor Pragridor born?"
+    [encoded] = encode_examples(base, [(question, "Katevsha")], key_layer=12, first=22)
+    from_training = evidence(question, tokenize_prompt(base.tokenizer, question), encoded.token_nats.tolist())
+    assert from_training.anchors == pytest.approx(names.anchors, abs=1e-3)
     assert "7" in coded.anchors and "what" not in coded.anchors  # a number is an anchor whatever its surprisal
     assert {"维尔", "尔莫", "莫拉"} & set(chinese.anchors)  # an unspaced script's name is anchored by its bigrams
 
@@ -150,3 +159,26 @@ def test_eval_scores_the_tuned_run_against_the_base_model_greedy_and_teacher_for
     # gated prompts run the base model bit for bit: the same answers, and the same argmax on every forced token
     assert (mome["locality"], mome["locality_tf"], base["locality_tf"]) == (1.0, 1.0, 1.0)
     assert "Locality (TF)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_training_in_bfloat16_recalls_and_reports_what_a_fact_costs(facts, tmp_path: Path) -> None:
+    """The half-precision path (what a GPU runs) on the CPU: the base model in bfloat16, float32 expert masters
+    stored as bfloat16; recall is measured on the stored weights; the footprint is reported per fact."""
+    from memtune.trainer.mome.model import MemoryModel
+    from memtune.trainer.tuning.job import run_job
+    from tests.trainer.conftest import facts_job
+
+    summary = run_job(facts_job(tmp_path / "bf16"), show_progress=False, device="cpu", dtype="bfloat16")
+    assert summary.recall == 1.0
+    meta = json.loads((Path(summary.run_dir) / "memtune.json").read_text())
+    assert meta["trained_on"] == {"device": "cpu", "dtype": "bfloat16"} and meta["experts"]["dtype"] == "bfloat16"
+    footprint = summary.footprint
+    assert footprint == meta["footprint"]
+    parts = footprint["disk_bytes"]
+    assert footprint["disk_bytes_per_fact"] == round(sum(parts.values()) / 6)
+    # 8 expert layers of rank 8 at width 576, A and B, 2 bytes each, plus the safetensors header
+    assert 8 * 8 * 576 * 2 * 2 * 6 <= parts["experts"] < 8 * 8 * 576 * 2 * 2 * 6 + 4096
+    assert footprint["peak_rss_bytes"] > 0 and footprint["scratch_bytes_per_fact"] > 0
+    with MemoryModel.load(summary.run_dir, dtype="bfloat16") as model:
+        answers = model.generate([f["input"] for f in facts], max_new_tokens=16)
+    assert [a.output for a in answers] == [f["output"] for f in facts]

@@ -215,6 +215,7 @@ def test_encoded_store_round_trips_every_field_and_deletes_its_file(tmp_path) ->
             prefix_v=torch.randn(2, 3, prompt, 4, generator=g).to(torch.bfloat16),
             region=torch.randn(answer, 6, generator=g),
             targets=torch.arange(answer),
+            token_nats=torch.rand(prompt + 1, generator=g),
         )
 
     originals = {0: example(0, 5, 2), 2: example(1, 9, 4)}
@@ -226,7 +227,7 @@ def test_encoded_store_round_trips_every_field_and_deletes_its_file(tmp_path) ->
         assert store[1] is None and len(store) == 3  # a question this rank does not own
         for index, encoded in originals.items():
             back = store[index]
-            for name in ("key", "prefix_k", "prefix_v", "region", "targets"):
+            for name in ("key", "prefix_k", "prefix_v", "region", "targets", "token_nats"):
                 assert torch.equal(getattr(back, name), getattr(encoded, name)), name
                 assert getattr(back, name).dtype == getattr(encoded, name).dtype
     assert not list(tmp_path.iterdir())

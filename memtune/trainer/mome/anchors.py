@@ -139,7 +139,7 @@ class Anchors:
 @torch.no_grad()
 def token_surprisal(base: LoadedModel, prompts: Sequence[PromptTokens]) -> list[list[float]]:
     """Each prompt token's surprisal under the base model: nats of token t given tokens < t (0.0 for the first)."""
-    ids = right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id)  # (B, T)
+    ids = right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id).to(base.device)  # (B, T)
     logits = base.model(input_ids=ids).logits.float()  # (B, T, V); right pads come last, so they change nothing
     nats = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
     return [[0.0, *nats[row, : len(p.ids) - 1].tolist()] for row, p in enumerate(prompts)]

@@ -110,11 +110,12 @@ class Architecture:
         layer = cache.layers[layer_id]
         return layer.keys, layer.values
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
         """(..., d) hidden states leaving the last block -> (..., vocab) logits, as the model's own forward makes them
         (final norm, LM head, then Gemma's tanh soft-capping where the model's own config sets
-        `final_logit_softcapping`: Gemma2/3ForCausalLM apply it, Gemma 3's multimodal wrapper does not)."""
-        logits = self.head(self.norm(hidden))
+        `final_logit_softcapping`: Gemma2/3ForCausalLM apply it, Gemma 3's multimodal wrapper does not).
+        normed: `hidden` already passed the final norm (the backbone's output)."""
+        logits = self.head(hidden if normed else self.norm(hidden))
         cap = getattr(self.model_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -96,7 +96,7 @@ def save_run(
     ranges = _shard_ranges(count, bytes_per_expert)
     (folder / "experts").mkdir()
     for number, rows in enumerate(ranges):
-        tensors = {name: params[name][rows.start : rows.stop].contiguous() for name in EXPERT_TENSORS}
+        tensors = {name: params[name][rows.start : rows.stop].contiguous().cpu() for name in EXPERT_TENSORS}
         save_file(tensors, folder / "experts" / f"experts-{number:05d}-of-{len(ranges):05d}.safetensors")
     save_file(
         {"keys": memory.keys.contiguous(), "slot_expert": memory.slot_expert.contiguous()}, folder / "keys.safetensors"
@@ -104,6 +104,13 @@ def save_run(
     (folder / "index.faiss").write_bytes(index_to_bytes(memory.index))
     if memory.anchors is not None:
         (folder / ANCHORS_NAME).write_text(json.dumps(memory.anchors.to_dict()), encoding="utf-8")
+    memory_files = {  # what the memory itself weighs on disk, by part (the rest of a run is a fixed few KiB)
+        "experts": sum(path.stat().st_size for path in (folder / "experts").iterdir()),
+        "keys": (folder / "keys.safetensors").stat().st_size,
+        "index": (folder / "index.faiss").stat().st_size,
+        "anchors": (folder / ANCHORS_NAME).stat().st_size if memory.anchors is not None else 0,
+    }
+    questions = len(memory.keys)
     full_meta = {
         "run_format": RUN_FORMAT,
         **meta,
@@ -115,7 +122,12 @@ def save_run(
             "shards": len(ranges),
             "dtype": str(memory.bank.storage_dtype).removeprefix("torch."),
         },
-        "questions": len(memory.keys),
+        "questions": questions,
+        "footprint": {
+            **meta.get("footprint", {}),
+            "disk_bytes": memory_files,
+            "disk_bytes_per_fact": round(sum(memory_files.values()) / max(questions, 1)),
+        },
     }
     (folder / META_NAME).write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
     (folder / "job.yaml").write_text(yaml.safe_dump(job_document, sort_keys=False), encoding="utf-8")

@@ -75,6 +75,11 @@ class LoadedModel:
     path: Path
     """Folder the weights were loaded from."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every input it gets must be there too."""
+        return next(self.model.parameters()).device
+
 
 def _identity_files(folder: Path) -> list[Path]:
     """Every file that can change what the model computes: all but bookkeeping and hidden (dot) files."""

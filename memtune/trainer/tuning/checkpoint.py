@@ -42,10 +42,10 @@ def save_checkpoint(
     folder_uri: str, params: dict[str, torch.Tensor], save_steps: int, state: TrainState, optimizer: SparseOptimizer
 ) -> None:
     """Write the tensors into the slot not named by the current index, then the index (the commit)."""
-    tensors = {f"bank.{name}": tensor.contiguous() for name, tensor in params.items()}
-    tensors["optim.steps"] = optimizer.steps
+    tensors = {f"bank.{name}": tensor.contiguous().cpu() for name, tensor in params.items()}
+    tensors["optim.steps"] = optimizer.steps.cpu()
     for name, table in optimizer.state.items():
-        tensors.update({f"optim.{name}.{key}": tensor.contiguous() for key, tensor in table.items()})
+        tensors.update({f"optim.{name}.{key}": tensor.contiguous().cpu() for key, tensor in table.items()})
     tensors.update({"stay": state.stay, "losses": state.losses})
     data = save(tensors)
     slot = f"state-{(state.step // save_steps) % 2}.safetensors"
@@ -108,12 +108,13 @@ def _read_checkpoint(
         for name, tensor in params.items():
             if bank[name].shape != tensor.shape:
                 raise ValueError(f"bank {name} is {tuple(bank[name].shape)}, not {tuple(tensor.shape)}")
+        device = next(iter(params.values())).device
         optimizer = make_optimizer(args.optim, params, args.learning_rate)
-        optimizer.steps = tensors["optim.steps"]
+        optimizer.steps = tensors["optim.steps"].to(device)
         for key, tensor in tensors.items():
             if key.startswith("optim.") and key != "optim.steps":
                 _, name, slot = key.split(".", 2)
-                optimizer.state[name][slot] = tensor
+                optimizer.state[name][slot] = tensor.to(device)
         state = TrainState(
             step=int(index["step"]),
             pending=deque(index["pending"]),

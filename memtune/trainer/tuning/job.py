@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -35,11 +36,12 @@ from memtune.contract import ENV_SCRATCH
 from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
 from memtune.manifest import IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
-from memtune.trainer.mome.anchors import Anchors, text_evidence
+from memtune.trainer.mome.anchors import Anchors, evidence
 from memtune.trainer.mome.architecture import architecture
 from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
 from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
+from memtune.trainer.mome.devices import DTYPES, resolve_device, resolve_dtype
 from memtune.trainer.mome.experts import init_experts
 from memtune.trainer.mome.index import build_index, plan_index
 from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
@@ -66,6 +68,9 @@ class RunSummary:
     recall: float
     """Share of training questions whose greedy answer is exactly the trained one."""
     seconds: float
+    footprint: dict[str, Any] | None = None
+    """What the memory costs per trained fact: its files on disk (artifacts.py) and the peaks while training
+    (`_peaks`); None for a reused run of an older memtune."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,17 +190,23 @@ def build_memory(
         layout.expert_layers[0],
         job.spec.memory.batchSize,
     )
-    key_rows = []
+    prompts = [tokenize_prompt(base.tokenizer, e.input) for e in examples]
+    width = max(len(p.ids) for p in prompts)
+    key_rows, nats_rows = [], []
     for i, example in zip(owned, mine, strict=True):
         key_rows.append(example.key)
+        nats_rows.append(torch.nn.functional.pad(example.token_nats, (0, width - len(example.token_nats))))
         encoded.add(i, example)
     own_keys = torch.stack(key_rows) if key_rows else torch.empty(0, architecture(base.model).hidden_size)
     keys = group.interleave(own_keys, len(examples))  # (N, d)
+    # the gate's evidence needs every question's surprisal: the frozen pass computed it, each rank for its own
+    nats = group.interleave(torch.stack(nats_rows) if nats_rows else torch.empty(0, width), len(examples))  # (N, P)
     args = job.spec.finetuneArgs
     slot_expert = assign_experts(keys, args.index_max_size, job.spec.memory.seed)
     generator = torch.Generator().manual_seed(job.spec.memory.seed)
     hidden = keys.shape[1]
     params = init_experts(int(slot_expert.max()) + 1, len(layout.expert_layers), hidden, layout.rank, generator)
+    params = {name: tensor.to(base.device) for name, tensor in params.items()}  # float32 masters, with the model
     plan = plan_index(args.index_method, len(keys), hidden, args)
     index = build_index(keys.numpy(), plan)
     gate: dict[str, Any] = {"mode": job.spec.memory.gate}
@@ -207,7 +218,9 @@ def build_memory(
         layout.threshold = gate["threshold"]
     anchors = None
     if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
-        anchors = Anchors(text_evidence(base, [e.input for e in examples]), job.spec.memory.anchorShare)
+        pairs = zip(examples, prompts, strict=True)
+        seen = [evidence(e.input, tokens, nats[i, : len(tokens.ids)].tolist()) for i, (e, tokens) in enumerate(pairs)]
+        anchors = Anchors(seen, job.spec.memory.anchorShare)
         gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot.anchors)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
@@ -234,6 +247,18 @@ def _gate_report(base: LoadedModel, memory: Memory, questions: list[str], seed: 
         report[f"{kind}_neighbours"] = len(rows)
         report[f"{kind}_neighbours_blocked"] = int(routing.gated[rows].sum()) if rows else 0
     return report
+
+
+def _peaks(device: torch.device, facts: int, scratch_bytes: int) -> dict[str, Any]:
+    """Peak memory of this process so far (resident set; the device's allocator on CUDA) and the frozen pass's
+    scratch file, in bytes and per trained fact."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peaks: dict[str, Any] = {"peak_rss_bytes": rss, "peak_rss_bytes_per_fact": round(rss / max(facts, 1))}
+    if device.type == "cuda":
+        vram = torch.cuda.max_memory_allocated(device)
+        peaks |= {"peak_device_bytes": vram, "peak_device_bytes_per_fact": round(vram / max(facts, 1))}
+    peaks["scratch_bytes_per_fact"] = round(scratch_bytes / max(facts, 1))
+    return peaks
 
 
 def _one_answer_per_question(examples: list[Example]) -> list[Example]:
@@ -275,12 +300,21 @@ def run_job(
     show_progress: bool = True,
     on_step: Callable[[StepReport], None] | None = None,
     group: RankGroup = SINGLE,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> RunSummary:
-    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint."""
+    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint.
+
+    device / dtype (devices.py): where the base model runs and in which precision; auto is CUDA in bfloat16 when
+    torch sees a GPU (under several ranks, the rank's own GPU), else the CPU in float32, said in a log line. The
+    experts and their optimizer state are float32 on the same device; the run stores them in memory.expertDtype."""
     started = time.perf_counter()
     spec, args = job.spec, job.spec.finetuneArgs
     examples = load_examples(spec.dataset, args.max_finetuning_examples)
-    base = load_base_model(spec.baseModel)
+    run_device = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, run_device)
+    base = load_base_model(spec.baseModel, dtype=run_dtype)
+    base.model.to(run_device)
     tokenizer = base.tokenizer
     check_lengths(
         examples,
@@ -300,6 +334,7 @@ def run_job(
             metrics["final_loss"],
             metrics["recall"],
             time.perf_counter() - started,
+            meta.get("footprint"),
         )
 
     # Every check that can fail runs before training: the layout, and that the run can be written where it goes.
@@ -334,10 +369,12 @@ def run_job(
             group=group,
             optimizer=optimizer,
             state=state,
+            store_dtype=DTYPES[spec.memory.expertDtype],
         )
     finally:
         if model is not None:
             model.close()
+        encoded_bytes = encoded.disk_bytes
         encoded.close()
     if show_progress:
         print()
@@ -360,15 +397,19 @@ def run_job(
         "gate": gate,
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
+        "trained_on": {"device": str(run_device), "dtype": str(run_dtype).removeprefix("torch.")},
         # generation's default budget covers it (model.py): a trained answer is never cut by default
         "longest_answer_tokens": max(len(answer_tokens(tokenizer, e.output)) for e in examples),
+        "footprint": _peaks(run_device, len(examples), encoded_bytes),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
+    memory.bank = TensorBank({name: t.to(DTYPES[spec.memory.expertDtype]) for name, t in memory.params.items()})
     try:
         save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
     except OSError as error:  # a full disk half way: no partial run folder stays behind
         shutil.rmtree(folder, ignore_errors=True)
         raise storage.local_error("write the run", str(folder), error) from error
+    footprint = json.loads((folder / META_NAME).read_text(encoding="utf-8"))["footprint"]
     location = str(folder)
     if remote:
         location = storage.run_uri(spec.output.uri, run_id)
@@ -378,4 +419,6 @@ def run_job(
         storage.remove_tree(checkpoints)
     except storage.StorageError as error:  # the run is committed: a leftover checkpoint only costs space
         log.warning("could not delete the checkpoints at %s: %s", checkpoints, error)
-    return RunSummary(location, False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    return RunSummary(
+        location, False, result.steps, result.final_loss, recall, time.perf_counter() - started, footprint
+    )

@@ -98,7 +98,15 @@ def train(spec: Path, group: distributed.RankGroup) -> RunSummary:
     # Training itself draws no random numbers per rank; this keeps any library sampling distinct across ranks.
     torch.manual_seed(job.spec.memory.seed + group.rank)
     distributed.start(group)
-    return run_job(job, show_progress=False, on_step=print_progress if group.is_rank0 else None, group=group)
+    # gpuConfig decides: a pod given GPUs trains on this rank's (start() selected it), a CPU pod never looks for one
+    device = "cpu"
+    if job.spec.gpuConfig.gpus > 0:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            gpus = job.spec.gpuConfig.gpus
+            log.error("gpuConfig.gpus is %d but torch sees no CUDA device: training on the CPU", gpus)
+    on_step = print_progress if group.is_rank0 else None
+    return run_job(job, show_progress=False, on_step=on_step, group=group, device=device)
 
 
 def launch_node(launch: distributed.NodeLaunch, argv: list[str], termination_log: Path) -> int:

@@ -10,7 +10,7 @@ and only the expert layers, the final norm and the LM head (at real answer posit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -32,6 +32,10 @@ class RegionBatch:
     """(B, P + A) bool: the prefix columns that are not padding, then every region column."""
     targets: torch.Tensor
     """(B, A) with -100 on padding."""
+
+    def to(self, device: torch.device) -> RegionBatch:
+        """The batch on `device` (the model's): examples come from the host-side store."""
+        return RegionBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(examples: Sequence[Encoded]) -> RegionBatch:
@@ -80,8 +84,8 @@ def region_loss(model: nn.Module, first: int, batch: RegionBatch) -> tuple[torch
         batch.region, batch.positions, batch.attend, _PrefixCache(batch, first), first
     )  # (B, A, d)
     valid = batch.targets >= 0  # (B, A)
-    logits = arch.logits(hidden[valid])  # (n_valid, vocab): the head only where loss needs it
+    logits = arch.logits(hidden[valid]).float()  # (n_valid, vocab): the head only where loss needs it
     token_loss = nn.functional.cross_entropy(logits, batch.targets[valid], reduction="none")  # (n_valid,)
-    per_row = torch.zeros(valid.shape, dtype=token_loss.dtype).masked_scatter(valid, token_loss)  # (B, A)
-    wrong = torch.zeros(valid.shape, dtype=torch.bool).masked_scatter(valid, logits.argmax(-1) != batch.targets[valid])
+    per_row = token_loss.new_zeros(valid.shape).masked_scatter(valid, token_loss)  # (B, A)
+    wrong = valid.new_zeros(valid.shape).masked_scatter(valid, logits.argmax(-1) != batch.targets[valid])
     return per_row.sum(1) / valid.sum(1), ~wrong.any(1)
