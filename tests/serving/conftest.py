@@ -6,6 +6,7 @@ subprocess test in test_cli.py runs `memtune serve` itself.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -19,7 +20,7 @@ import uvicorn
 
 from memtune.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from memtune.storage import new_run_id
-from tests.trainer.conftest import facts_job
+from tests.trainer.conftest import DATA, facts_job
 
 
 class LiveServer:
@@ -70,6 +71,11 @@ def commit_newer_run(output: Path, source_run: Path, *, tamper: str | None = Non
         victim = target / tamper
         victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
     return target
+
+
+@pytest.fixture(scope="session")
+def facts() -> list[dict[str, str]]:
+    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,9 @@ def test_the_pod_command_serves_and_stops_cleanly(trained_output, facts) -> None
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, so the process ends by SIGTERM
+    assert "Finished server process" in output
+    assert process.returncode == -signal.SIGTERM, output
 
 
 def test_a_damaged_run_exits_1_naming_the_file(trained_output, tmp_path: Path) -> None:
@@ -79,4 +81,5 @@ def test_a_missing_model_is_refused_before_starting(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode != 0
-    assert "nowhere" in result.stderr and "no such folder" in result.stderr
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "nowhere" in message and "no such folder" in message
