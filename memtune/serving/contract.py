@@ -18,7 +18,12 @@ DEFAULT_RELOAD_INTERVAL_S = 30
 
 
 def serve_command(
-    model_uri: str, *, name: str, port: int = PORT, reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S
+    model_uri: str,
+    *,
+    name: str,
+    port: int = PORT,
+    reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
+    max_batch: int = 16,
 ) -> list[str]:
     """The container command of a serving pod (a Deployment's `command`)."""
     return [
@@ -28,4 +33,5 @@ def serve_command(
         "--host", "0.0.0.0",  # noqa: S104 - a pod listens on its own network namespace
         "--port", str(port),
         "--reload-interval", f"{reload_interval_s:g}",
+        "--max-batch", str(max_batch),
     ]  # fmt: skip

@@ -25,6 +25,11 @@ NAMESPACED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch"},
+    # Serving (MemoryModel): a Deployment and a Service per served memory.
+    ("memtune.dev", "memorymodels"): {"get", "list", "watch", "patch"},
+    ("memtune.dev", "memorymodels/status"): {"get", "patch", "update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
 }
 CRD_DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 # Verbs that would let the operator grant itself more than it holds.
