@@ -145,7 +145,7 @@ class Server:
                 400, str(error), param="messages" if isinstance(request, ChatRequest) else "prompt"
             ) from None
         sampling = self.sampling(request, len(prompt.ids), model)
-        return Sequence(encode, model, sampling, asyncio.get_running_loop())
+        return Sequence(encode, prompt, model, sampling, asyncio.get_running_loop())
 
     def check_key(self, request: Request) -> None:
         key = self.options.api_key

@@ -1,7 +1,7 @@
 """Batching: requests that arrive together share forward passes, routing included.
 
 One thread owns the model. It takes the first waiting sequence, gathers whatever else arrives within a short window
-(up to `max_batch`), and runs them as one batch: one prefill routes every row at once (one faiss search, one key
+(a quiet window after each arrival, at most a few windows, up to `max_batch`), and runs them as one batch: one prefill routes every row at once (one faiss search, one key
 pass), then each decoding step computes every row's next token in one forward pass. Each row keeps its own
 `max_tokens`, `stop`, `temperature` and `seed`; a finished row drops out of the stopping check and the batch ends
 when every row is done. Requests that arrive while a batch runs wait for the next one (waves, not continuous
@@ -31,6 +31,7 @@ from memtune.serving.metrics import ServerMetrics
 from memtune.serving.protocol import APIError
 
 log = logging.getLogger(__name__)
+_MAX_WINDOWS = 5
 
 
 @dataclass
@@ -77,13 +78,14 @@ class Sequence:
     def __init__(
         self,
         encode: Callable[[ServedModel], Encoded],
+        prompt: Encoded,
         model: ServedModel,
         sampling: Sampling,
         loop: asyncio.AbstractEventLoop,
     ):
-        """`encode` tokenizes the request for a model; it runs again if a reload changes the base model."""
+        """`prompt` is `encode(model)`; `encode` runs again if a reload changes the base model (its tokenizer)."""
         self.encode = encode
-        self.prompt = encode(model)
+        self.prompt = prompt
         self.encoded_for = model.base.sha256
         self.sampling = sampling
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -223,7 +225,8 @@ class Batcher:
                 self._swap(item)
                 continue
             batch = [item]
-            deadline = time.monotonic() + self.window_s
+            started = time.monotonic()
+            deadline = started + self.window_s
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -234,6 +237,9 @@ class Batcher:
                     pending = following  # a swap or shutdown: after this batch
                     break
                 batch.append(following)
+                # Clients answered by the last batch come back within moments of each other: keep gathering while
+                # they do (a quiet window after each arrival), up to a few windows in all.
+                deadline = min(time.monotonic() + self.window_s, started + _MAX_WINDOWS * self.window_s)
             self.metrics.queue_depth.set(self._queue.qsize())
             self._run([sequence for sequence in batch if not sequence.cancelled])
 
