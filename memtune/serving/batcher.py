@@ -1,11 +1,11 @@
 """Batching: requests that arrive together share forward passes, routing included.
 
-One thread owns the model. It takes the first waiting sequence, gathers whatever else arrives within a short window
-(a quiet window after each arrival, at most a few windows, up to `max_batch`), and runs them as one batch: one prefill routes every row at once (one faiss search, one key
-pass), then each decoding step computes every row's next token in one forward pass. Each row keeps its own
-`max_tokens`, `stop`, `temperature` and `seed`; a finished row drops out of the stopping check and the batch ends
-when every row is done. Requests that arrive while a batch runs wait for the next one (waves, not continuous
-batching: the engine's `generate` owns the KV cache).
+One thread owns the model. It takes the first waiting sequence, gathers whatever else arrives (a quiet window after
+each arrival, at most a few windows, up to `max_batch`), and runs them as one batch: one prefill routes every row at
+once (one faiss search, one key pass), then each decoding step computes every row's next token in one forward pass.
+Each row keeps its own `max_tokens`, `stop`, `temperature` and `seed`; a finished row drops out of the stopping check
+and the batch ends when every row is done. Requests that arrive while a batch runs wait for the next one (waves, not
+continuous batching: the engine's `generate` owns the KV cache).
 
 Text reaches the asyncio side as events on each sequence's queue: Routed (right after the prefill), Text deltas,
 then Finished or Failed. Model swaps (reloads) are queued like requests and happen between batches, so a batch
