@@ -24,7 +24,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from memtune import storage
-from memtune.manifest import MANIFEST_NAME, IntegrityError, sha256_file
+from memtune.manifest import MANIFEST_NAME, IntegrityError, read_manifest, sha256_file
 from memtune.spec import is_remote
 from memtune.trainer.mome.artifacts import RunInfo, committed_runs, load_memory, read_run, runs_dir
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, folder_sha256, load_base_model
@@ -70,10 +70,11 @@ class Prepared:
     memory: Memory | None
     run: RunInfo | None
     manifest_sha256: str | None
+    run_id: str | None
 
     def activate(self) -> ServedModel:
         """Attach the expert hooks (call from the thread that runs batches, between batches)."""
-        return ServedModel(Generator(self.base, self.memory, self.run), self.manifest_sha256)
+        return ServedModel(Generator(self.base, self.memory, self.run), self.manifest_sha256, self.run_id)
 
 
 def prepare(ref: str, current: ServedModel | None = None) -> Prepared:
@@ -83,9 +84,11 @@ def prepare(ref: str, current: ServedModel | None = None) -> Prepared:
     Raises IntegrityError (a file does not match its manifest), ModelError, StorageError."""
     run_folder = resolve_run(ref)
     if run_folder is None:
-        return Prepared(load_base_model(ref), None, None, None)
+        return Prepared(load_base_model(ref), None, None, None, None)
     run = read_run(run_folder)  # every file's sha256 against the manifest
     manifest_sha256 = sha256_file(run_folder / MANIFEST_NAME)  # the run's identity: it vouches for every file
+    # The run id as written (a fetched copy's folder is named `<run id>-<hash of its URI>`).
+    run_id = str(read_manifest(run_folder).get("run_id") or run_folder.name)
     if current is not None and current.base.sha256 == run.base_sha256:
         base = current.base
     else:
@@ -93,19 +96,20 @@ def prepare(ref: str, current: ServedModel | None = None) -> Prepared:
         actual = folder_sha256(base.path)
         if actual != base.sha256:
             raise IntegrityError(f"{base.path}: base model files changed since conversion (sha256 {actual[:12]}…)")
-    return Prepared(base, load_memory(run, base.sha256), run, manifest_sha256)
+    return Prepared(base, load_memory(run, base.sha256), run, manifest_sha256, run_id)
 
 
 class ServedModel:
     """One model as served: a base model, optionally a memory, and the identity of the run it came from."""
 
-    def __init__(self, generator: Generator, manifest_sha256: str | None = None):
+    def __init__(self, generator: Generator, manifest_sha256: str | None = None, run_id: str | None = None):
         self.generator = generator
         self.base = generator.base
         self.tokenizer = generator.base.tokenizer
         self.eos_token_id: int = self.tokenizer.eos_token_id
         self.max_context: int = int(getattr(generator.base.model.config, "max_position_embeddings", 2048))
-        self.run_name: str | None = generator.run.folder.name if generator.run else None
+        self.run_name = run_id
+        """The run id (the name of its folder under the job output's runs/); None for a base model."""
         self.manifest_sha256 = manifest_sha256
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import uvicorn
 
 from memtune.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from memtune.storage import new_run_id
+from tests.storage.s3server import s3_env, s3_server  # noqa: F401 - fixtures, imported to register them
 from tests.trainer.conftest import DATA, facts_job
 
 
