@@ -44,20 +44,21 @@ from memtune.trainer.tuning.job import run_job
 BIN = Path(sys.executable).parent
 
 
-def train(count: int, work: Path) -> tuple[Path, list[dict[str, str]]]:
+def train(count: int, work: Path, steps: int) -> tuple[Path, list[dict[str, str]], dict]:
     """The job output of a `count`-fact memory (reused when --work already holds a run with the same inputs)."""
     facts = make_facts(count)
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"facts{count}.jsonl"
     data.write_text("".join(json.dumps({"input": f["input"], "output": f["output"]}) + "\n" for f in facts))
     output = work / f"facts{count}"
+    recipe = {**RECIPE, "max_steps": steps}
     job = parse_job(
-        {"metadata": {"name": "bench"}, "spec": {"dataset": {"uri": str(data)}, "finetuneArgs": RECIPE,
+        {"metadata": {"name": "bench"}, "spec": {"dataset": {"uri": str(data)}, "finetuneArgs": recipe,
                                                  "output": {"uri": str(output)}}}
     )  # fmt: skip
     summary = run_job(job, use_cached_model=True, show_progress=True)
     print(f"memory: {summary.run_dir} (recall {summary.recall:.3f}, reused {summary.reused})", flush=True)
-    return output, facts
+    return output, facts, {"steps": steps, "recall": summary.recall, "run": Path(summary.run_dir).name}
 
 
 def requests_for(facts: list[dict[str, str]], count: int, seed: int = 0) -> list[tuple[str, str | None]]:
@@ -179,11 +180,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrent phase")
     parser.add_argument("--sequential-requests", type=int, default=24, help="requests per one-at-a-time phase")
     parser.add_argument("--tokens", type=int, default=32, help="completion tokens per request (max = min)")
+    parser.add_argument("--steps", type=int, default=RECIPE["max_steps"], help="training steps of the memory")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per server (OMP_NUM_THREADS; default: torch's)"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "memtune-serve-bench")
     options = parser.parse_args()
     out = options.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    output, facts = train(options.count, options.work)
+    if options.threads:  # training here, and the servers (which inherit the variable)
+        import torch
+
+        torch.set_num_threads(options.threads)
+        os.environ["OMP_NUM_THREADS"] = str(options.threads)
+    output, facts, memory = train(options.count, options.work, options.steps)
 
     servers = {
         "tuned": Server(str(output), "facts", options.clients),
@@ -224,6 +234,8 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),
         "facts": options.count,
+        "memory": memory,
+        "threads": options.threads,
         "tokens_per_request": options.tokens,
         "results": results,
         "ratios": ratios,
@@ -256,7 +268,9 @@ def report(summary: dict) -> str:
             "# memtune serve under load",
             "",
             f"Commit {summary['commit']}, {summary['date']}, {summary['cores']} cores; a {summary['facts']}-fact "
-            f"memory on smollm2-135m-instruct; every request generates {summary['tokens_per_request']} tokens.",
+            f"memory on smollm2-135m-instruct (run {summary['memory']['run']}, {summary['memory']['steps']} training "
+            f"steps, recall {summary['memory']['recall']:.3f}); every request generates "
+            f"{summary['tokens_per_request']} tokens; torch threads per server: {summary['threads'] or 'default'}.",
             f"Machine: load average {min(loads):.1f}-{max(loads):.1f} during the run "
             + (
                 "(within the core count: the benchmark had the machine to itself)."
