@@ -5,8 +5,9 @@
 Trains (or reuses, from --work) a 200-fact memory with mome_bench's recipe, starts `memtune serve` twice as a
 subprocess (the tuned job output and the plain base model, same flags), and drives each over HTTP with a fixed
 list of requests: trained questions, paraphrases and unrelated prompts, every one generating exactly
---tokens tokens (`max_tokens` = `min_tokens`) so both models do the same work. Phases, alternating models so that
-machine noise hits both alike:
+--tokens tokens (`max_tokens` = `min_tokens`) so both models do the same work. Two phases, each alternating the
+servers so that machine noise hits both alike (chunks of two full batches, or single requests, in the order
+tuned-base, base-tuned, ...):
 
     concurrent:  --clients clients (16), each sending its next request when its previous answer arrives
     sequential:  one client, one request at a time (what serving without batching gives)
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -107,18 +109,46 @@ class Server:
         self.process.wait(timeout=60)
 
 
-async def drive(server: Server, prompts: list[tuple[str, str | None]], clients: int, tokens: int) -> dict:
-    """Send every prompt once with `clients` concurrent clients; per-request latency and outcome."""
+@dataclass
+class Tally:
+    """What some requests to one server gave; several rounds add up."""
+
+    latencies: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    recalled: int = 0
+    asked: int = 0
+    gated: int = 0
+    loads: list[float] = field(default_factory=list)
+
+    def summary(self, requests: int, clients: int) -> dict:
+        ordered = sorted(self.latencies)
+        return {
+            "requests": requests,
+            "clients": clients,
+            "errors": len(self.errors),
+            "error_samples": self.errors[:5],
+            "wall_s": self.wall_s,
+            "p50_s": statistics.median(ordered) if ordered else None,
+            "p99_s": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else None,
+            "mean_s": statistics.fmean(ordered) if ordered else None,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": self.completion_tokens / self.wall_s,
+            "requests_per_s": len(ordered) / self.wall_s,
+            "trained_recalled": f"{self.recalled}/{self.asked}",
+            "gated": self.gated,
+            "load_average": {"start": self.loads[0], "end": self.loads[-1]},
+        }
+
+
+async def drive(server: Server, prompts: list[tuple[str, str | None]], clients: int, tokens: int, tally: Tally) -> None:
+    """Send every prompt once with `clients` concurrent clients; add latencies and outcomes to `tally`."""
     queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
     for item in prompts:
         queue.put_nowait(item)
-    latencies: list[float] = []
-    completion_tokens = 0
-    errors: list[str] = []
-    recalled = asked = gated = 0
 
     async def client(http: httpx.AsyncClient) -> None:
-        nonlocal completion_tokens, recalled, asked, gated
         while not queue.empty():
             prompt, expected = queue.get_nowait()
             body = {"model": server.name, "messages": [{"role": "user", "content": prompt}],
@@ -127,42 +157,37 @@ async def drive(server: Server, prompts: list[tuple[str, str | None]], clients: 
             try:
                 reply = await http.post(f"{server.url}/v1/chat/completions", json=body)
             except httpx.HTTPError as error:
-                errors.append(f"{type(error).__name__}: {error}")
+                tally.errors.append(f"{type(error).__name__}: {error}")
                 continue
-            latencies.append(time.perf_counter() - started)
+            tally.latencies.append(time.perf_counter() - started)
             if reply.status_code != 200:
-                errors.append(f"{reply.status_code}: {reply.text[:200]}")
+                tally.errors.append(f"{reply.status_code}: {reply.text[:200]}")
                 continue
             answer = reply.json()
-            completion_tokens += answer["usage"]["completion_tokens"]
+            tally.completion_tokens += answer["usage"]["completion_tokens"]
             choice = answer["choices"][0]
-            gated += bool(choice["route"] and choice["route"]["gated"])
+            tally.gated += bool(choice["route"] and choice["route"]["gated"])
             if expected is not None:
-                asked += 1
-                recalled += choice["message"]["content"].strip().startswith(expected)
+                tally.asked += 1
+                tally.recalled += choice["message"]["content"].strip().startswith(expected)
 
-    load_before = os.getloadavg()[0]
+    tally.loads.append(os.getloadavg()[0])
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
-    wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "requests": len(prompts),
-        "clients": clients,
-        "errors": len(errors),
-        "error_samples": errors[:5],
-        "wall_s": wall,
-        "p50_s": statistics.median(ordered) if ordered else None,
-        "p99_s": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else None,
-        "mean_s": statistics.fmean(ordered) if ordered else None,
-        "completion_tokens": completion_tokens,
-        "tokens_per_s": completion_tokens / wall,
-        "requests_per_s": len(latencies) / wall,
-        "trained_recalled": f"{recalled}/{asked}",
-        "gated": gated,
-        "load_average": {"start": load_before, "end": os.getloadavg()[0]},
-    }
+    tally.wall_s += time.perf_counter() - started
+    tally.loads.append(os.getloadavg()[0])
+
+
+def alternate(servers: dict[str, Server], prompts: list, clients: int, tokens: int, chunk: int) -> dict[str, Tally]:
+    """The same prompts to every server in chunks, the order flipping each chunk (ABBA...), so that the machine's
+    load, which other work changes, weighs on each server alike."""
+    tallies = {name: Tally() for name in servers}
+    for number, start in enumerate(range(0, len(prompts), chunk)):
+        names = list(servers) if number % 2 == 0 else list(reversed(servers))
+        for name in names:
+            asyncio.run(drive(servers[name], prompts[start : start + chunk], clients, tokens, tallies[name]))
+    return tallies
 
 
 def commit() -> str:
@@ -206,15 +231,16 @@ def main() -> None:
         warm = requests_for(facts, options.clients, seed=1)
         results: dict[str, dict] = {}
         for server in servers.values():  # first requests pay one-time costs (allocator, kernels)
-            asyncio.run(drive(server, warm, options.clients, options.tokens))
-        for phase, clients, batch in (
-            ("concurrent", options.clients, prompts),
-            ("sequential", 1, prompts[: options.sequential_requests]),
+            asyncio.run(drive(server, warm, options.clients, options.tokens, Tally()))
+        sequential = prompts[: options.sequential_requests]
+        for phase, clients, batch, chunk in (
+            ("concurrent", options.clients, prompts, 2 * options.clients),  # two full batches per chunk
+            ("sequential", 1, sequential, 1),  # request by request
         ):
-            for name in ("tuned", "base"):
-                key = f"{name}_{phase}"
-                results[key] = asyncio.run(drive(servers[name], batch, clients, options.tokens))
-                print(key, json.dumps(results[key]), flush=True)
+            tallies = alternate(servers, batch, clients, options.tokens, chunk)
+            for name, tally in tallies.items():
+                results[f"{name}_{phase}"] = tally.summary(len(batch), clients)
+                print(f"{name}_{phase}", json.dumps(results[f"{name}_{phase}"]), flush=True)
     finally:
         for server in servers.values():
             server.stop()
