@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memtune import data, storage
+from memtune.failures import console, fail
 from memtune.manifest import IntegrityError
 from memtune.spec import ModelError, SpecError, load_job_file, resolve_local_paths
 
@@ -30,13 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
 USER_ERRORS = (SpecError, ModelError, storage.StorageError, data.DatasetError, IntegrityError, FileNotFoundError)
-
-
-def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    return typer.Exit(code=2)
 
 
 @app.command()
@@ -56,7 +51,7 @@ def run(
 
         summary = run_job(job, use_cached_model=use_cached_model)
     except USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     table = Table(title=f"MemoryTuningJob {job.metadata.name}", show_header=False)
     for key, value in summary.to_dict().items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
@@ -97,7 +92,7 @@ def generate(
     With --input-file, each output line is its input object with `output` and `route` ({experts, distance, gated})
     added, so you can see which memory answered."""
     if bool(prompt) == (input_file is not None):
-        raise _fail(ValueError("give --prompt (one or more) or --input-file, not both"))
+        raise fail(ValueError("give --prompt (one or more) or --input-file, not both"))
     try:
         if input_file:
             records = data.read_question_records(input_file, input_key)
@@ -109,7 +104,7 @@ def generate(
             [record[input_key] for record in records], max_new_tokens=max_new_tokens, batch_size=batch_size
         )
     except USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     lines = [
         json.dumps({**record, "output": a.output, "route": a.route}, ensure_ascii=False)
         for record, a in zip(records, answers, strict=True)
@@ -136,11 +131,16 @@ def upload(
     """Validate a dataset and store it by content; prints its id for `dataset: {id: ...}`."""
     try:
         examples = data.read_examples(dataset, input_key, output_key)
-        identifier = data.upload_examples(examples, store)
+        stored = data.store_dataset(examples, store)
     except USER_ERRORS as error:
-        raise _fail(error) from None
-    console.print(f"{len(examples)} records stored")
-    print(identifier)
+        raise fail(error) from None
+    said = {
+        "written": "stored",
+        "present": "already stored",
+        "repaired": "stored (the copy there was corrupt and has been replaced)",
+    }
+    console.print(f"{len(examples)} records {said[stored.state]} at {stored.uri}", highlight=False)
+    print(stored.id)
 
 
 @app.command()
@@ -200,7 +200,7 @@ def push_model(
 
         manifest = publish_model(model, uri)
     except USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     console.print(f"published {len(manifest['files'])} files (model sha256 {manifest['model']['sha256'][:12]}…)")
     print(uri)
 

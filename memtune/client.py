@@ -70,8 +70,7 @@ class MemoryTuner:
         if isinstance(records, str):
             examples = data.read_examples(records, input_key, output_key)
         else:
-            text = json.dumps(list(records), ensure_ascii=False)
-            examples = data.parse_records(text, "records", input_key, output_key)
+            examples = data.examples_from_records(list(records), input_key, output_key)
         return data.upload_examples(examples, self.store)
 
     def build_job(

@@ -19,8 +19,11 @@ from typing import Annotated, Any
 import kubernetes
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from memtune import contract
+from memtune.failures import fail
+from memtune.redact import redact
 from memtune.spec import (
     API_GROUP,
     API_VERSION,
@@ -183,17 +186,12 @@ def _summary(name: str, status: MemoryTuningJobStatus) -> str:
     return f"{name}: {status.phase or 'Pending'}{attempt}{progress}{metrics}"
 
 
-def _fail(error: Exception) -> typer.Exit:
-    _console.print(f"[red]error:[/red] {error}", highlight=False)
-    return typer.Exit(1)
-
-
 def submit(path: Path, namespace: Namespace = None) -> None:
     """Submit a MemoryTuningJob manifest to the cluster (dataset and output must be remote URIs)."""
     try:
         created = ClusterClient(namespace).submit(load_job_file(path))
     except (SpecError, ClusterError) as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     meta = created["metadata"]
     _console.print(f"memorytuningjob.memtune.dev/{meta['name']} created in namespace {meta.get('namespace')}")
 
@@ -203,11 +201,12 @@ def status(name: str, namespace: Namespace = None) -> None:
     try:
         current = ClusterClient(namespace).status(name)
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     _console.print(_summary(name, current), highlight=False)
     for condition in current.conditions or []:
         if condition.status == "True":
-            _console.print(f"  {condition.type}: {condition.reason} {condition.message}".rstrip(), highlight=False)
+            line = f"  {condition.type}: {condition.reason} {redact(condition.message)}".rstrip()
+            _console.print(escape(line), highlight=False)
     if current.artifactsUri:
         _console.print(f"  artifacts: {current.artifactsUri}", highlight=False)
 
@@ -224,9 +223,9 @@ def wait(
             name, timeout, poll, on_update=lambda s: _console.print(_summary(name, s), highlight=False)
         )
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     if final.phase != "Succeeded":
-        raise _fail(ClusterError(failure_message(final)))
+        raise fail(ClusterError(failure_message(final)))
 
 
 def logs(
@@ -239,7 +238,7 @@ def logs(
     try:
         text = ClusterClient(namespace).logs(name, attempt, tail)
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     print(text, end="" if text.endswith("\n") else "\n")
 
 

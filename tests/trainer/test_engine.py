@@ -96,11 +96,15 @@ def test_run_records_effective_index_and_gate(trained) -> None:
     assert meta["gate"]["questions_with_anchors"] == 6  # every fictional name is an anchor
 
 
-def test_anchors_are_the_words_the_base_model_cannot_predict(base) -> None:
-    from memtune.trainer.mome.anchors import question_anchors
+def test_anchors_are_the_units_the_base_model_cannot_predict(base) -> None:
+    from memtune.trainer.mome.anchors import text_evidence
 
-    [anchors] = question_anchors(base, ["Where was Lumdor Pragridor born?"])
-    assert set(anchors) == {"lumdor", "pragridor"}
+    names, coded, chinese = text_evidence(
+        base, ["Where was Lumdor Pragridor born?", "What is stored in vault 7?", "请问维尔莫拉玻璃厂是谁创立的？"]
+    )
+    assert set(names.anchors) == {"lumdor", "pragridor"}
+    assert "7" in coded.anchors and "what" not in coded.anchors  # a number is an anchor whatever its surprisal
+    assert {"维尔", "尔莫", "莫拉"} & set(chinese.anchors)  # an unspaced script's name is anchored by its bigrams
 
 
 def test_sweep_runs_the_engine_once_per_rate_and_picks_the_rate_that_learns(tmp_path: Path) -> None:

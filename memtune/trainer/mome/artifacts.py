@@ -27,6 +27,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from memtune.manifest import MANIFEST_NAME, IntegrityError, verify_folder, write_manifest
+from memtune.storage import RUN_ID_PATTERN
 from memtune.trainer.mome.anchors import ANCHORS_NAME, Anchors
 from memtune.trainer.mome.index import IndexPlan, index_from_bytes, index_to_bytes
 from memtune.trainer.mome.memory import Memory, MemoryLayout
@@ -60,11 +61,15 @@ def runs_dir(output: str | Path) -> Path:
 
 
 def committed_runs(output: str | Path) -> list[Path]:
-    """Committed run folders of a job output, oldest first (run ids sort by time)."""
+    """Committed run folders of a job output, oldest first (run ids sort by time).
+
+    Only folders named like a run id count, as in `storage.committed_runs`: `runs/old-backup` is never a run."""
     root = runs_dir(output)
     if not root.is_dir():
         return []
-    return sorted(path for path in root.iterdir() if (path / MANIFEST_NAME).is_file())
+    return sorted(
+        path for path in root.iterdir() if RUN_ID_PATTERN.match(path.name) and (path / MANIFEST_NAME).is_file()
+    )
 
 
 def _shard_ranges(count: int, bytes_per_expert: int) -> list[range]:

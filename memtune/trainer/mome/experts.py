@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memtune.trainer.mome.base import decoder_layers
+from memtune.trainer.mome.architecture import architecture
 
 
 @dataclass
@@ -66,9 +66,9 @@ class ExpertHooks:
     def __init__(self, model: nn.Module, layer_ids: list[int]):
         self.layer_ids = layer_ids
         self._state: tuple[torch.Tensor, torch.Tensor, bool] | None = None
-        layers = decoder_layers(model)
+        arch = architecture(model)
         self._handles = [
-            layers[layer_id].mlp.register_forward_hook(self._make_hook(slot)) for slot, layer_id in enumerate(layer_ids)
+            arch.mlp(layer_id).register_forward_hook(self._make_hook(slot)) for slot, layer_id in enumerate(layer_ids)
         ]
 
     def remove(self) -> None:

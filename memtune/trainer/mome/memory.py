@@ -12,6 +12,7 @@ import faiss
 import torch
 
 from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.gate import Gate
 from memtune.trainer.mome.index import IndexPlan
 from memtune.trainer.mome.router import Router
 
@@ -62,7 +63,8 @@ class Memory:
             self.index,
             k=self.layout.index_k,
             threshold=self.layout.threshold,
-            anchored_threshold=self.layout.anchored_threshold,
             temperature=self.layout.temperature,
-            anchors=self.anchors,
+            gate=None
+            if self.anchors is None or self.layout.threshold is None
+            else Gate(self.anchors, self.layout.threshold, self.layout.anchored_threshold),
         )

@@ -10,13 +10,13 @@ For each example this gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
-from memtune.trainer.mome.base import LoadedModel, decoder_layers
+from memtune.trainer.mome.architecture import architecture
+from memtune.trainer.mome.base import LoadedModel
 from memtune.trainer.mome.keys import answer_tokens, capture_layer_inputs, pool_keys, right_pad, tokenize_prompt
 
 
@@ -44,32 +44,29 @@ def encode_examples(
     key_layer: int,
     first: int,
     batch_size: int = 16,
-) -> list[Encoded]:
-    """Run the base model over (question, answer) pairs once and keep keys, prefix caches (layers `first` and up)
-    and answer regions (entering layer `first`)."""
-    top = range(first, len(decoder_layers(base.model)))
-    encoded: list[Encoded] = []
+) -> Iterator[Encoded]:
+    """Run the base model over (question, answer) pairs once and yield, in order, their keys, prefix caches (layers
+    `first` and up) and answer regions (entering layer `first`); one batch is in memory at a time."""
+    arch = architecture(base.model)
+    top = range(first, len(arch.layers))
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         prompts = [tokenize_prompt(base.tokenizer, q) for q, _ in chunk]
         answers = [answer_tokens(base.tokenizer, a) for _, a in chunk]
         ids = right_pad([p.ids + a for p, a in zip(prompts, answers, strict=True)], base.tokenizer.pad_token_id)
         mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, P_max)
-        cache = DynamicCache(config=base.model.config)
+        cache = arch.new_cache()
         with capture_layer_inputs(base.model, [key_layer, first]) as captured:
-            base.model.model(input_ids=ids, cache=cache, use_cache=True)
+            arch.backbone(input_ids=ids, cache=cache, use_cache=True)
         keys = pool_keys(captured[key_layer][:, : mask.shape[1]], mask)  # (B, d)
-        kv_k = torch.stack([cache.layers[layer].keys for layer in top], 1)  # (B, L, kv_heads, T, hd)
-        kv_v = torch.stack([cache.layers[layer].values for layer in top], 1)
+        kv_k = torch.stack([arch.cached(cache, layer)[0] for layer in top], 1)  # (B, L, kv_heads, T, hd)
+        kv_v = torch.stack([arch.cached(cache, layer)[1] for layer in top], 1)
         for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
             p, a = len(prompt.ids), len(answer)
-            encoded.append(
-                Encoded(
-                    key=keys[row].clone(),
-                    prefix_k=kv_k[row, :, :, : p - 1].clone(),
-                    prefix_v=kv_v[row, :, :, : p - 1].clone(),
-                    region=captured[first][row, p - 1 : p - 1 + a].clone(),
-                    targets=torch.tensor(answer),
-                )
+            yield Encoded(
+                key=keys[row].clone(),
+                prefix_k=kv_k[row, :, :, : p - 1].clone(),
+                prefix_v=kv_v[row, :, :, : p - 1].clone(),
+                region=captured[first][row, p - 1 : p - 1 + a].clone(),
+                targets=torch.tensor(answer),
             )
-    return encoded

@@ -32,6 +32,7 @@ from memtune.contract import (
 )
 from memtune.data import DatasetError
 from memtune.manifest import IntegrityError
+from memtune.redact import redact
 from memtune.spec import ModelError, SpecError, load_job_file, resolve_local_paths
 from memtune.trainer.tuning import distributed
 from memtune.trainer.tuning.job import RunSummary, run_job
@@ -71,6 +72,13 @@ def write_termination_log(path: Path, message: str) -> None:
         log.warning("cannot write the termination log %s: %s", path, error)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Log lines, tracebacks included, with credentials hidden (`memtune.redact`): pod logs are widely readable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m memtune.trainer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, default=Path(SPEC_PATH), help="MemoryTuningJob manifest (YAML).")
@@ -91,7 +99,9 @@ def train(spec: Path, group: distributed.RankGroup) -> RunSummary:
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a MemoryTuningJob; returns the process exit code (0, EXIT_PERMANENT or EXIT_RETRYABLE)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     group = distributed.SINGLE
     try:
         group = distributed.group_from_env()
@@ -101,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = "permanent" if code == EXIT_PERMANENT else "retryable"
         log.error("rank %d failed (%s, exit %d): %s", group.rank, kind, code, error, exc_info=code != EXIT_PERMANENT)
         if group.is_rank0:
-            write_termination_log(args.termination_log, f"{type(error).__name__}: {error}".replace("\n", " "))
+            reason = redact(f"{type(error).__name__}: {error}").replace("\n", " ")
+            write_termination_log(args.termination_log, reason)
         return code
     finally:
         distributed.stop()
