@@ -169,7 +169,7 @@ def serve(
         from memtune.serving.cli import run_server
     except ModuleNotFoundError as error:
         message = f"memtune serve needs the `serve` extra (pip install 'memtune[serve]'): {error}"
-        raise _fail(ValueError(message)) from None
+        raise fail(ValueError(message)) from None
     try:
         code = run_server(
             model,
@@ -183,7 +183,7 @@ def serve(
             reload_interval_s=reload_interval,
         )
     except USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     raise typer.Exit(code=code)
 
 

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memtune import storage
+from memtune.redact import redact
 from memtune.serving.batcher import Batcher, Failed, Finished, Routed, Sampling, Sequence, Text
 from memtune.serving.engine import Encoded, ServedModel
 from memtune.serving.metrics import ServerMetrics
@@ -80,7 +81,7 @@ class Server:
         try:
             self.reloader.load()
         except BaseException as error:
-            log.error("cannot serve %s: %s", self.ref, error)
+            log.error("cannot serve %s: %s", redact(self.ref), redact(str(error)))
             self.load_error = error
             if self._on_load_failure is not None:
                 self._on_load_failure(error)
@@ -249,7 +250,7 @@ def create_app(
         model = server.batcher.model
         if server.ready and model is not None:
             return JSONResponse({"ready": True, "model": server.name, **model.describe()})
-        reason = f"load failed: {server.load_error}" if server.load_error else "loading"
+        reason = f"load failed: {redact(str(server.load_error))}" if server.load_error else "loading"
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     @app.get("/metrics")
@@ -273,9 +274,9 @@ def create_app(
         try:
             return JSONResponse(await run_in_threadpool(server.reloader.reload))
         except ReloadRefused as error:
-            raise APIError(409, str(error), code="reload_refused") from None
+            raise APIError(409, redact(str(error)), code="reload_refused") from None
         except storage.StorageError as error:
-            raise APIError(503 if error.transient else 409, str(error), code="storage_error") from None
+            raise APIError(503 if error.transient else 409, redact(str(error)), code="storage_error") from None
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

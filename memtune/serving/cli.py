@@ -12,8 +12,8 @@ from pathlib import Path
 
 import uvicorn
 
-from memtune import storage
-from memtune.contract import EXIT_PERMANENT, EXIT_RETRYABLE
+from memtune.failures import exit_code
+from memtune.redact import redact
 from memtune.serving.app import ServeOptions, create_app
 from memtune.serving.contract import ENV_API_KEY
 from memtune.spec import ModelError, is_remote
@@ -51,6 +51,5 @@ def run_server(model: str, *, host: str, port: int, name: str | None = None, **s
     if not failure:
         return 0
     error = failure[0]
-    transient = isinstance(error, storage.StorageError) and error.transient
-    log.error("exiting: the model could not be loaded (%s)", error)
-    return EXIT_RETRYABLE if transient else EXIT_PERMANENT
+    log.error("exiting: the model could not be loaded (%s)", redact(str(error)))
+    return exit_code(error)

@@ -107,7 +107,9 @@ class ServedModel:
         self.base = generator.base
         self.tokenizer = generator.base.tokenizer
         self.eos_token_id: int = self.tokenizer.eos_token_id
-        self.max_context: int = int(getattr(generator.base.model.config, "max_position_embeddings", 2048))
+        config = generator.base.model.config
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_context: int = int(context or 2048)
         self.run_name = run_id
         """The run id (the name of its folder under the job output's runs/); None for a base model."""
         self.manifest_sha256 = manifest_sha256
@@ -137,6 +139,8 @@ class ServedModel:
         question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         if len(messages) == 1:
             return self.encode_question(question)
+        if not self.tokenizer.chat_template:
+            raise ValueError("this model has no chat template: send a single user message")
         prompt = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         encoding = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         tokens = _mark_question(encoding, prompt, question)

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 
 from memtune import storage
 from memtune.manifest import IntegrityError
+from memtune.redact import redact
 from memtune.serving.batcher import Batcher
 from memtune.serving.engine import ServedModel, latest_run_name, prepare
 from memtune.serving.metrics import ServerMetrics
@@ -49,7 +50,7 @@ class Reloader:
         with self._lock:
             model = self.batcher.swap(prepare(self.ref))
             self.metrics.serving(self.name, model.run_name, model.manifest_sha256)
-            log.info("serving %s as %r (run %s)", self.ref, self.name, model.run_name or "-")
+            log.info("serving %s as %r (run %s)", redact(self.ref), self.name, model.run_name or "-")
             return model
 
     def reload(self) -> dict[str, object]:
@@ -70,7 +71,8 @@ class Reloader:
             except (IntegrityError, ModelError, OSError, ValueError) as error:
                 self.refused[latest] = str(error)
                 self.metrics.reloads.labels(result="refused").inc()
-                log.error("reload of run %s refused, still serving %s: %s", latest, current.run_name, error)
+                reason = redact(str(error))
+                log.error("reload of run %s refused, still serving %s: %s", latest, current.run_name, reason)
                 raise ReloadRefused(f"run {latest} was refused: {error}") from error
             self.metrics.reloads.labels(result="ok").inc()
             self.metrics.serving(self.name, model.run_name, model.manifest_sha256)
@@ -86,7 +88,7 @@ class Reloader:
                 pass  # logged once when refused
             except storage.StorageError as error:
                 self.metrics.reloads.labels(result="error").inc()
-                log.warning("reload check failed (will retry): %s", error)
+                log.warning("reload check failed (will retry): %s", redact(str(error)))
             except Exception:
                 self.metrics.reloads.labels(result="error").inc()
                 log.exception("reload check failed (will retry)")
