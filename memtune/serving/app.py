@@ -4,8 +4,8 @@
     GET /healthz (process up)   GET /readyz (model verified and loaded)   GET /metrics (Prometheus)
     POST /admin/reload          (serve the newest committed run of the job output, if newer)
 
-Each choice carries `route` next to OpenAI's fields: {"run", "experts", "distance", "gated"} for a tuned model,
-null for a base model. `system_fingerprint` names the run that answered. With an API key set, /v1 and /admin
+Each choice carries `route` next to OpenAI's fields: {"run", "experts", "distance", "gated", "reason"} for a tuned
+model, null for a base model. `system_fingerprint` names the run that answered. With an API key set, /v1 and /admin
 require `Authorization: Bearer <key>`.
 """
 

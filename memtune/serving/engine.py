@@ -35,7 +35,7 @@ from memtune.trainer.mome.memory import Memory
 log = logging.getLogger(__name__)
 
 Route = dict[str, object]
-"""{"run": str, "experts": [int], "distance": float, "gated": bool}: which memory answered one row."""
+"""{"run": str, **Routing.describe(row)} (experts, distance, gated, the gate's reason): which memory answered."""
 
 
 @dataclass
