@@ -167,32 +167,6 @@ def _ev(text: str, **anchors: float) -> Evidence:
     return Evidence(found.units, {**found.anchors, **anchors})
 
 
-def test_anchor_check_skips_questions_whose_anchors_are_missing() -> None:
-    anchors = Anchors(
-        [
-            _ev("Where was Lumdor Pragridor born?", lumdor=30.0, pragridor=35.0),
-            _ev("Who are you?"),
-            _ev("When was Othlo Holdings founded?", othlo=24.0, holdings=14.0),
-            _ev("Where is Kalo?", kalo=20.0),
-        ],
-        share=0.5,
-    )
-    router = _router(threshold=3.0, k=4)  # trained keys are orthogonal: L2² = 2 apart, all within the gate
-    router.anchors = anchors
-    query = torch.stack([router.keys[0], router.keys[0], router.keys[2]])  # (3, 8): all exactly on a trained key
-    prompts = ["where was LUMDOR pragridor born", "Where was Albert Einstein born?", "When was Othlo founded?"]
-    routing = router(query, prompts)
-    assert routing.gated.tolist() == [False, False, False]
-    assert routing.route.experts[0, 0] == 0  # its anchors are present
-    # row 1 sits on question 0's key but lacks its anchors: the one question without anchors answers
-    assert routing.route.experts[1, 0] == 1 and routing.route.weights[1, 0] > 0.99
-    assert routing.route.experts[2, 0] == 2  # "othlo" carries 24 of 38 nats: above half
-    lonely = _router(threshold=1.0, k=1)
-    lonely.anchors = anchors
-    blocked = lonely(router.keys[:1], ["Where was Albert Einstein born?"])
-    assert blocked.gated.tolist() == [True] and blocked.describe(0)["distance"] == 0.0  # the raw nearest distance
-
-
 def test_anchor_agreement_counts_foreign_names_and_requires_the_same_numbers() -> None:
     anchors = Anchors(
         [
@@ -212,9 +186,6 @@ def test_anchor_agreement_counts_foreign_names_and_requires_the_same_numbers() -
     assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, please?")) == 1.0
     assert anchors.agreement(2, evidence("What is the access code of vault 3 in the Zanmir archive?")) == 0.0
     assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, room 2?")) == 0.0
-    off = Anchors(anchors.slots, share=0.0)  # the agreement check off: hard units still decide
-    allowed = off.allows(torch.tensor([[2], [2]]), [evidence("vault 7 of Zanmir"), evidence("vault 3 of Zanmir")])
-    assert allowed.tolist() == [[True], [False]]
 
 
 def test_evidence_sums_token_surprisal_per_unit() -> None:
@@ -227,22 +198,6 @@ def test_evidence_sums_token_surprisal_per_unit() -> None:
     found = evidence(text, tokens, [0.0, 1.0, 5.0, 6.0, 0.5, 0.1])
     assert found.anchors == {"lumdor": 11.0, "7": 8.0}  # 5 + 6 nats; a number is an anchor whatever its surprisal
     assert found.units == {"who", "is", "lumdor", "7"} and found.hard == {"7"}
-
-
-def test_a_question_whose_anchors_are_present_is_gated_at_the_looser_anchored_threshold() -> None:
-    router = _router(threshold=1.0, k=1)  # the 4 trained keys are L2² = 2 apart
-    router.anchors = Anchors([_ev("Who is Lumdor?", lumdor=30.0), _ev("a"), _ev("b"), _ev("c")], share=0.5)
-    router.anchored_threshold = 2.5
-    off_axis = torch.zeros(8)
-    off_axis[6] = 1.0  # a direction no trained key points along
-    query = nn.functional.normalize(0.5 * router.keys[0] + off_axis, dim=0)[None].repeat(2, 1)  # (2, 8)
-    distance = float(((query[0] - router.keys[0]) ** 2).sum())
-    assert 1.0 < distance < 2.5  # beyond the plain gate, within the anchored one
-    routing = router(query, ["Who is Lumdor?", "Who is he?"])
-    assert routing.gated.tolist() == [False, True]  # the anchor vouches for row 0; row 1 lacks it and is too far
-    assert routing.route.experts[0, 0] == 0
-    router.anchored_threshold = None
-    assert router(query, ["Who is Lumdor?", "Who is he?"]).gated.tolist() == [True, True]
 
 
 def test_encoded_store_round_trips_every_field_and_deletes_its_file(tmp_path) -> None:

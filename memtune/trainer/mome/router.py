@@ -115,7 +115,8 @@ class Router:
             )
             for row, text in enumerate(prompts)
         ]
-        chosen = torch.tensor([max(d.slot, 0) for d in decisions])  # (B,)
+        # a closed gate still names the nearest question's expert (at weight 0): which memory was close
+        chosen = torch.tensor([d.slot if d.slot >= 0 else int(slots[row, 0]) for row, d in enumerate(decisions)])
         gated = torch.tensor([d.slot < 0 for d in decisions])  # (B,)
         weights = (~gated).to(dist.dtype)[:, None]  # (B, 1)
         return Routing(Route(self.slot_expert[chosen][:, None], weights), closest, gated, [d.reason for d in decisions])
