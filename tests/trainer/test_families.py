@@ -213,7 +213,7 @@ def test_region_forward_equals_the_full_model(families: _Models, name: str) -> N
     depth = FAMILIES[name][2]
     first = depth // 2
     pairs = [(f["input"], f["output"]) for f in _facts()]  # prompts of different lengths: left padding in the batch
-    batch = collate(encode_examples(base, pairs, key_layer=first - 1, first=first))
+    batch = collate(list(encode_examples(base, pairs, key_layer=first - 1, first=first)))
     sequences = [(tokenize_prompt(tokenizer, q).ids, answer_tokens(tokenizer, a)) for q, a in pairs]
     assert len({len(prompt) for prompt, _ in sequences}) > 1
 
