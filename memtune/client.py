@@ -46,9 +46,13 @@ class MemoryTuner:
         output_root: str | None = None,
         namespace: str | None = None,
         device: str | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
     ):
         """`model_name`: a base model (alias or folder) or a tuned model (a job output or run folder).
         `device`: where `generate` runs: None/"auto" (CUDA when there is one), "cpu", "cuda", "cuda:N".
+        `api_url`: answer `generate` through a `memtune serve` endpoint instead of loading the model here;
+        `model_name` then names the served model (left at its default: the server's only model).
         `store`: root URI of the dataset store (default ~/.cache/memtune; `s3://...` for a cluster).
         `output_root`: where jobs write their runs (default: `{MEMTUNE_HOME}/jobs`; `s3://...` for a cluster)."""
         if backend not in ("local", "kubernetes"):
@@ -59,6 +63,8 @@ class MemoryTuner:
         self.output_root = output_root or str(data.memtune_home() / "jobs")
         self.namespace = namespace
         self.device = device
+        self.api_url = api_url
+        self.api_key = api_key
         self._generator: Any = None
 
     def upload_data(
@@ -158,6 +164,11 @@ class MemoryTuner:
         return results[0] if isinstance(prompt, str) else results
 
     def _load_generator(self) -> Any:
+        if self._generator is None and self.api_url is not None:
+            from memtune.remote import RemoteGenerator
+
+            served = None if self.model_name == DEFAULT_BASE_MODEL else self.model_name
+            self._generator = RemoteGenerator(self.api_url, served, api_key=self.api_key)
         if self._generator is None:
             from memtune.trainer.mome.model import MemoryModel
 

@@ -63,4 +63,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- /* Serving: each MemoryModel becomes a Deployment and a Service (memtune/operator/serving.py). */}}
+- apiGroups: ["memtune.dev"]
+  resources: ["memorymodels"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["memtune.dev"]
+  resources: ["memorymodels/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end -}}
