@@ -23,7 +23,7 @@ def _single_prefill(model, prompts: list[str], max_new_tokens: int):
     from memtune.trainer.mome.keys import pool_keys, tokenize_prompt
 
     tokenizer, memory = model.tokenizer, model.memory
-    params = memory.params  # the whole bank in RAM, as the old generator held it
+    params = {name: t.float() for name, t in memory.params.items()}  # the whole bank in RAM, as the old generator
     tokens = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
     width, pad = max(len(t.ids) for t in tokens), tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(t.ids)) + t.ids for t in tokens])
@@ -157,7 +157,7 @@ def test_generate_cli_notes_answers_cut_at_the_limit(trained, facts, tmp_path: P
     assert [(line["output"], line["finish_reason"]) for line in lines] == [(f["output"], "stop") for f in facts[:2]]
     assert "stopped at the limit" not in result.output
     bad = CliRunner().invoke(app, ["generate", "--model", summary.run_dir, "--prompt", "x", "--device", "tpu"])
-    assert bad.exit_code == 2 and "device" in bad.output
+    assert bad.exit_code == 1 and "device" in bad.output  # bad input: exit 1, naming the field
 
 
 def test_the_sdk_warns_when_an_answer_is_cut(trained, facts) -> None:
