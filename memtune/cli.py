@@ -196,6 +196,10 @@ def serve(
     reload_interval: Annotated[
         float, typer.Option(min=0, help="Seconds between checks for a newer run (0: POST /admin/reload only).")
     ] = 0.0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+    ] = "auto",
 ) -> None:
     """Serve a model over HTTP in the OpenAI wire format (/v1/chat/completions, /v1/completions, /v1/models),
     with /healthz, /readyz, /metrics and POST /admin/reload. Set MEMTUNE_API_KEY to require a bearer key.
@@ -217,6 +221,8 @@ def serve(
             max_tokens_limit=max_tokens_limit,
             default_max_tokens=default_max_tokens,
             reload_interval_s=reload_interval,
+            device=device,
+            dtype=dtype,
         )
     except USER_ERRORS as error:
         raise fail(error) from None

@@ -52,6 +52,10 @@ class ServeOptions:
     reload_interval_s: float = 0.0
     """Poll for a newer run this often (0: only POST /admin/reload)."""
     api_key: str | None = None
+    device: str | None = None
+    """None/"auto": CUDA when torch sees a GPU, else the CPU (as `memtune generate --device`)."""
+    dtype: str | None = None
+    """None/"auto": bfloat16 on CUDA, float32 on the CPU."""
 
 
 class Server:
@@ -63,7 +67,7 @@ class Server:
         self.name = options.name or default_model_name(ref)
         self.metrics = ServerMetrics()
         self.batcher = Batcher(self.metrics, max_batch=options.max_batch, window_s=options.batch_window_s)
-        self.reloader = Reloader(ref, self.name, self.batcher, self.metrics)
+        self.reloader = Reloader(ref, self.name, self.batcher, self.metrics, device=options.device, dtype=options.dtype)
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self._on_load_failure = on_load_failure
