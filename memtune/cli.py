@@ -192,7 +192,10 @@ def serve(
         float, typer.Option(min=0, max=1000, help="How long an idle server waits for more requests to batch.")
     ] = 10.0,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 1024,
-    default_max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens when a request gives none.")] = 128,
+    default_max_tokens: Annotated[
+        int,
+        typer.Option(min=1, help="max_tokens when a request gives none (at least the run's longest answer + 16)."),
+    ] = 128,
     reload_interval: Annotated[
         float, typer.Option(min=0, help="Seconds between checks for a newer run (0: POST /admin/reload only).")
     ] = 0.0,

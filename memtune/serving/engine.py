@@ -125,6 +125,8 @@ class ServedModel:
         config = model.base.model.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_context: int = int(context or 2048)
+        self.answer_budget: int = model.default_max_new_tokens
+        """Tokens that cover the run's longest trained answer plus a margin (at least 128; 128 for a base model)."""
         self.run_name = run_id
         """The run id (the name of its folder under the job output's runs/); None for a base model."""
         self.manifest_sha256 = manifest_sha256
