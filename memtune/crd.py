@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from memtune import spec as s
+from memtune.redact import CREDENTIAL_NAME, CREDENTIAL_VALUE, URI_USERINFO
 
 # JSON-schema keys that a structural schema keeps as they are.
 _KEPT = (
@@ -39,10 +40,28 @@ def _or_default(model: type[BaseModel], field: str) -> str:
 
 _POWERS_OF_TWO = [2**n for n in range(4, 14)]  # 16 ... 8192, as FinetuneArgs._power_of_two demands
 
+
+def _no_userinfo(field: str) -> dict[str, str]:
+    """CEL mirroring spec._no_userinfo: a URI field holds no user:password@."""
+    return {
+        "rule": f"!has(self.{field}) || !self.{field}.matches('{URI_USERINFO}')",
+        "message": f"{field} must not embed credentials (user:password@ in the URI); use spec.storage.secretRef",
+    }
+
+
 # CEL rules per pydantic model (by $defs name), each mirroring a validator in memtune/spec.py.
 _MODEL_RULES: dict[str, list[dict[str, str]]] = {
     "DatasetRef": [
-        {"rule": "has(self.uri) != has(self.id)", "message": "set exactly one of dataset.uri and dataset.id"}
+        {"rule": "has(self.uri) != has(self.id)", "message": "set exactly one of dataset.uri and dataset.id"},
+        _no_userinfo("uri"),
+        _no_userinfo("store"),
+    ],
+    "OutputRef": [_no_userinfo("uri")],
+    "MemoryConfig": [
+        {
+            "rule": "!has(self.keyLayer) || !has(self.expertLayers) || self.expertLayers.all(l, l > self.keyLayer)",
+            "message": "keyLayer must be below every expert layer, so that experts never move the keys",
+        }
     ],
     "FinetuneArgs": [
         {
@@ -60,7 +79,20 @@ _MODEL_RULES: dict[str, list[dict[str, str]]] = {
         },
     ],
     "EnvVar": [
-        {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set at most one of value and valueFrom"}
+        {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set at most one of value and valueFrom"},
+        {
+            "rule": f"!has(self.value) || !self.name.matches('{CREDENTIAL_NAME}')",
+            "message": "a credential may not be written in the spec: use valueFrom.secretKeyRef",
+        },
+        {
+            "rule": f"!has(self.value) || !self.value.matches('{CREDENTIAL_VALUE}')",
+            "message": "value holds a credential; credentials come from a Secret (valueFrom.secretKeyRef)",
+        },
+        {
+            "rule": "!has(self.valueFrom) || !has(self.valueFrom.configMapKeyRef) || "
+            f"!self.name.matches('{CREDENTIAL_NAME}')",
+            "message": "a credential comes from a Secret (valueFrom.secretKeyRef), not a ConfigMap",
+        },
     ],
     "EnvVarSource": [
         {
@@ -71,11 +103,13 @@ _MODEL_RULES: dict[str, list[dict[str, str]]] = {
 }
 
 _SPEC_RULES = [
+    _no_userinfo("baseModel"),
     {
         "rule": "!has(self.backend) || self.backend != 'job' || !has(self.gpuConfig) || !has(self.gpuConfig.nodes)"
         " || self.gpuConfig.nodes == 1",
-        "message": "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'pytorchjob'",
-    }
+        "message": "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'trainjob' or "
+        "'pytorchjob'",
+    },
 ]
 
 
@@ -176,11 +210,22 @@ def _open_api_schema() -> dict[str, Any]:
     }
 
 
+# `kubectl get mtj`; priority 1 columns only with `-o wide`.
 _PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
-    {"name": "Max-Steps", "type": "integer", "jsonPath": ".status.progress.maxSteps"},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage", "description": "percent"},
+    {
+        "name": "ETA-Seconds",
+        "type": "integer",
+        "jsonPath": ".status.progress.estimatedRemainingSeconds",
+        "description": "estimated seconds of training left",
+    },
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Recall", "type": "number", "jsonPath": ".status.metrics.recall"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+    {"name": "Max-Steps", "type": "integer", "jsonPath": ".status.progress.maxSteps", "priority": 1},
+    {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from memtune import storage
 from memtune.spec import DatasetRef, is_remote
+
+log = logging.getLogger(__name__)
 
 DATASETS_FOLDER = "datasets"
 
@@ -31,19 +36,26 @@ def memtune_home() -> Path:
 class Example:
     input: str
     output: str
-    line: int = field(default=0, compare=False)  # 1-based line (JSONL) or item (JSON array) in the source
+    line: int = field(default=0, compare=False)  # 1-based line of the source where the record starts
+    item: int = field(default=0, compare=False)  # 1-based position in a JSON array (0 for JSONL)
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be used. `problems` holds one `(line, message)` per bad record (line 0: whole file)."""
+    """A dataset cannot be used. `problems` holds one `(line, message)` per bad record (line 0: whole file).
 
-    def __init__(self, source: str, problems: list[tuple[int, str]]):
+    `unit` names what the numbers count: file lines, or the records of a list handed to the SDK."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]], unit: Literal["line", "record"] = "line"):
         self.source = source
         self.problems = problems
         shown = problems[:50]
-        lines = "\n".join(f"  - line {line}: {message}" if line else f"  - {message}" for line, message in shown)
+        lines = "\n".join(f"  - {unit} {line}: {message}" if line else f"  - {message}" for line, message in shown)
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         super().__init__(f"{source}: {len(problems)} bad record{'s' * (len(problems) != 1)}:\n{lines}{more}")
+
+
+# A lone UTF-16 surrogate: JSON may spell one ("\ud800"), but it is no Unicode text and cannot be stored as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _record_errors(record: Any, input_key: str, output_key: str) -> list[str]:
@@ -57,33 +69,54 @@ def _record_errors(record: Any, input_key: str, output_key: str) -> list[str]:
             errors.append(f"{key!r} must be a string, got {type(record[key]).__name__}")
         elif not record[key].strip():
             errors.append(f"empty {key!r}")
+        elif found := _SURROGATE.search(record[key]):
+            errors.append(
+                f"{key!r} holds a lone surrogate \\u{ord(found.group()):04x} at character {found.start() + 1}, "
+                "which is not Unicode text"
+            )
     return errors
 
 
 def parse_records(text: str, source: str, input_key: str = "input", output_key: str = "output") -> list[Example]:
-    """Parse JSONL or a JSON array; report every bad line at once. Extra keys in a record are ignored."""
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DatasetError(source, [(error.lineno, f"not valid JSON: {error.msg}")]) from None
-        numbered: Iterable[tuple[int, Any]] = enumerate(items, start=1)
-    else:
-        numbered = _jsonl_items(text)
+    """Parse JSONL or a JSON array; report every bad record at once, by line. Extra keys in a record are ignored.
+
+    JSONL records are split on "\\n" only (a CR before it is dropped): U+2028, U+2029 and U+0085 are valid inside
+    JSON strings and do not end a record. Array items are named by the line they start on and their position.
+    """
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
+    first = _skip_space(text, 0)
+    items = _array_items(text, first) if text.startswith("[", first) else _jsonl_items(text)
     examples: list[Example] = []
     problems: list[tuple[int, str]] = []
-    for line, record in numbered:
+    for line, item, record in items:
+        where = f"item {item}: " if item else ""
         if isinstance(record, _Invalid):
-            problems.append((line, record.message))
+            problems.append((line, where + record.message))
             continue
         errors = _record_errors(record, input_key, output_key)
-        problems.extend((line, message) for message in errors)
+        problems.extend((line, where + message) for message in errors)
         if not errors:
-            examples.append(Example(record[input_key], record[output_key], line))
+            examples.append(Example(record[input_key], record[output_key], line, item))
     if problems:
         raise DatasetError(source, problems)
     if not examples:
         raise DatasetError(source, [(0, "no records")])
+    return examples
+
+
+def examples_from_records(
+    records: Sequence[Any], input_key: str = "input", output_key: str = "output", source: str = "records"
+) -> list[Example]:
+    """Records handed over as Python objects (the SDK's `upload_data`), checked like a file's, named by position."""
+    examples: list[Example] = []
+    problems: list[tuple[int, str]] = []
+    for number, record in enumerate(records, start=1):
+        errors = _record_errors(record, input_key, output_key)
+        problems.extend((number, message) for message in errors)
+        if not errors:
+            examples.append(Example(record[input_key], record[output_key], number))
+    if problems or not examples:
+        raise DatasetError(source, problems or [(0, "no records")], unit="record")
     return examples
 
 
@@ -92,25 +125,93 @@ class _Invalid:
     message: str
 
 
-def _jsonl_items(text: str) -> Iterable[tuple[int, Any]]:
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
+# JSON's own whitespace (RFC 8259 section 2); str.strip() and str.splitlines() know more characters than JSON does.
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_space(text: str, position: int) -> int:
+    match = _JSON_SPACE.match(text, position)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _unreadable(error: Exception) -> _Invalid:
+    """What the json module's failures mean for a record (it raises more than JSONDecodeError)."""
+    if isinstance(error, json.JSONDecodeError):
+        return _Invalid(f"not valid JSON ({error.msg} at column {error.colno})")
+    if isinstance(error, RecursionError):
+        return _Invalid("not readable: arrays or objects nested too deeply")
+    if "integer string conversion" in str(error):  # sys.get_int_max_str_digits(), 4300 by default
+        return _Invalid(f"not readable: a number with more than {sys.get_int_max_str_digits()} digits")
+    return _Invalid(f"not readable: {error}")
+
+
+def _jsonl_items(text: str) -> Iterator[tuple[int, int, Any]]:
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if _skip_space(raw, 0) == len(raw):
+            continue  # blank line
         try:
-            yield number, json.loads(raw)
-        except json.JSONDecodeError as error:
-            yield number, _Invalid(f"not valid JSON ({error.msg} at column {error.colno})")
+            yield number, 0, json.loads(raw)
+        except (ValueError, RecursionError) as error:
+            yield number, 0, _unreadable(error)
+
+
+def _array_items(text: str, start: int) -> Iterator[tuple[int, int, Any]]:
+    """Items of the JSON array opening at `start`, each with its line; stops at the first syntax error."""
+    decoder = json.JSONDecoder()
+    lines = _LineCounter(text)
+    position, item = _skip_space(text, start + 1), 0
+    if text.startswith("]", position):
+        position += 1
+    else:
+        while True:
+            item += 1
+            line = lines.at(position)
+            try:
+                record, position = decoder.raw_decode(text, position)
+            except json.JSONDecodeError as error:
+                yield error.lineno, item, _Invalid(f"not valid JSON ({error.msg} at column {error.colno})")
+                return
+            except (ValueError, RecursionError) as error:
+                yield line, item, _unreadable(error)
+                return
+            yield line, item, record
+            position = _skip_space(text, position)
+            if text.startswith(",", position):
+                position = _skip_space(text, position + 1)
+            elif text.startswith("]", position):
+                position += 1
+                break
+            else:
+                yield lines.at(position), 0, _Invalid(f"not valid JSON (expected ',' or ']' after item {item})")
+                return
+    if (end := _skip_space(text, position)) != len(text):
+        yield lines.at(end), 0, _Invalid("not valid JSON (extra data after the array)")
+
+
+class _LineCounter:
+    """1-based line of a character offset, for offsets that only grow (linear in the text, not quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.offset, self.line = text, 0, 1
+
+    def at(self, offset: int) -> int:
+        self.line += self.text.count("\n", self.offset, offset)
+        self.offset = offset
+        return self.line
 
 
 def read_question_records(path: str | Path, key: str = "input") -> list[dict[str, Any]]:
     """JSONL objects that each hold a non-empty string `key` (questions to answer; other fields are kept)."""
     records: list[dict[str, Any]] = []
     problems: list[tuple[int, str]] = []
-    for line, record in _jsonl_items(Path(path).read_text(encoding="utf-8")):
+    for line, _, record in _jsonl_items(_decode(_read(str(path)), str(path)).removeprefix("\ufeff")):
         if isinstance(record, _Invalid):
             problems.append((line, record.message))
         elif not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
             problems.append((line, f"expected an object with a non-empty string {key!r}"))
+        elif found := _SURROGATE.search(record[key]):
+            problems.append((line, f"{key!r} holds a lone surrogate at character {found.start() + 1}"))
         else:
             records.append(record)
     if problems or not records:
@@ -136,36 +237,74 @@ def _read(uri: str) -> bytes:
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise DatasetError(uri, [(0, "file not found")])
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DatasetError(uri, [(0, f"cannot read the file ({error.strerror or error})")]) from None
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """UTF-8 text, or a DatasetError naming the line and byte of the first invalid sequence."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DatasetError(source, [(line, f"not UTF-8 text ({error.reason} at byte {error.start})")]) from None
 
 
 def read_examples(uri: str, input_key: str = "input", output_key: str = "output") -> list[Example]:
-    raw = _read(uri)
+    return parse_records(_decode(_read(uri), uri), uri, input_key, output_key)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where `store_dataset` put a dataset, and what it found there."""
+
+    id: str
+    uri: str
+    state: Literal["written", "present", "repaired"]
+    """written: new; present: an intact copy was already there; repaired: a corrupt copy was replaced."""
+
+
+def store_dataset(examples: Sequence[Example], store: str | None = None) -> Stored:
+    """Store a dataset under its content address; an intact copy is never rewritten, a corrupt one is replaced.
+
+    The canonical form is read back before anything is written, so an id is only handed out for data that
+    `load_by_id` can return exactly (DatasetError otherwise).
+    """
+    payload = canonical_bytes(examples)
+    identifier = hashlib.sha256(payload).hexdigest()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DatasetError(uri, [(0, f"not UTF-8 text ({error.reason} at byte {error.start})")]) from None
-    return parse_records(text, uri, input_key, output_key)
+        again = parse_records(payload.decode("utf-8"), "canonical form")
+    except DatasetError as error:
+        raise DatasetError("dataset", [(0, f"would not read back once stored: {error}")]) from None
+    if again != list(examples):
+        raise DatasetError("dataset", [(0, "would not read back once stored as the same records")])
+    uri = storage.join_uri(store or str(memtune_home()), DATASETS_FOLDER, f"{identifier}.jsonl")
+    state: Literal["written", "repaired"] = "written"
+    if storage.exists(uri):
+        if hashlib.sha256(storage.read_bytes(uri)).hexdigest() == identifier:
+            return Stored(identifier, uri, "present")
+        log.warning("%s does not hash to its id: replacing the corrupt copy", uri)
+        state = "repaired"
+    storage.write_bytes(uri, payload)  # atomic locally, a single PUT on s3
+    return Stored(identifier, uri, state)
 
 
 def upload_examples(examples: Sequence[Example], store: str | None = None) -> str:
-    """Store a dataset under its content address; the same data is written only once. Returns the id."""
-    root = store or str(memtune_home())
-    identifier = dataset_id(examples)
-    target = storage.join_uri(root, DATASETS_FOLDER, f"{identifier}.jsonl")
-    if not storage.exists(target):
-        storage.write_bytes(target, canonical_bytes(examples))  # atomic locally, a single PUT on s3
-    return identifier
+    """`store_dataset`, returning only the id (what `dataset: {id: ...}` takes)."""
+    return store_dataset(examples, store).id
 
 
 def load_by_id(identifier: str, store: str | None = None) -> list[Example]:
-    """Read a stored dataset and check it still hashes to its id."""
+    """Read a stored dataset and check it still hashes to its id (upload the same data again to repair it)."""
     uri = storage.join_uri(store or str(memtune_home()), DATASETS_FOLDER, f"{identifier}.jsonl")
     raw = _read(uri)
     actual = hashlib.sha256(raw).hexdigest()
     if actual != identifier:
-        raise DatasetError(uri, [(0, f"content hashes to {actual}, not to its id: the stored file is corrupt")])
-    return parse_records(raw.decode("utf-8"), uri)
+        message = f"content hashes to {actual}, not to its id: the stored file is corrupt (upload the data again)"
+        raise DatasetError(uri, [(0, message)])
+    return parse_records(_decode(raw, uri), uri)
 
 
 def load_examples(ref: DatasetRef, max_examples: int | None = None) -> list[Example]:
@@ -184,7 +323,8 @@ def check_lengths(examples: Sequence[Example], count_tokens: Callable[[Example],
     for example in examples:
         tokens = count_tokens(example)
         if tokens > max_length:
-            problems.append((example.line, f"{tokens} tokens exceed max_length {max_length}"))
+            where = f"item {example.item}: " if example.item else ""
+            problems.append((example.line, f"{where}{tokens} tokens exceed max_length {max_length}"))
     if problems:
         raise DatasetError("dataset", problems)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
@@ -57,14 +58,31 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         raise IntegrityError(f"{folder}: no {MANIFEST_NAME}; the run never committed (it may have been interrupted)")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """A manifest's bytes as a checked table: every entry an object with a sha256, every name inside the folder.
+
+    Raises IntegrityError naming `where` and the entry, never AttributeError or KeyError on a damaged file."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IntegrityError(f"{path}: unreadable manifest ({error})") from None
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise IntegrityError(f"{where}: unreadable manifest ({type(error).__name__})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise IntegrityError(f"{path}: manifest has no 'files' table")
+        raise IntegrityError(f"{where}: manifest has no 'files' table")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise IntegrityError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise IntegrityError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    for name, entry in manifest["files"].items():
+        parts = PurePosixPath(name).parts
+        if not name or name.startswith("/") or "\\" in name or ".." in parts or name == MANIFEST_NAME:
+            raise IntegrityError(f"{where}: manifest lists a path outside the folder: {name!r}")
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise IntegrityError(f"{where}: manifest entry {name!r} is not an object with a sha256")
     return manifest
 
 
@@ -74,12 +92,10 @@ def verify_folder(folder: str | Path) -> dict[str, Any]:
     root = Path(folder)
     for name, entry in manifest["files"].items():
         path = root / name
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise IntegrityError(f"{folder}: manifest lists a path outside the folder: {name!r}")
         if not path.is_file():
             raise IntegrityError(f"{path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != entry.get("sha256"):
-            expected = str(entry.get("sha256"))[:12]
+            expected = entry["sha256"][:12]
             raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match the manifest ({expected}…)")
     return manifest

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from memtune import documents
+from memtune.redact import credential_in_value, has_userinfo, is_credential_name
 
 API_GROUP = "memtune.dev"
 API_VERSION = "v1alpha1"
@@ -45,6 +47,16 @@ Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Faile
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Room left in a 63-character name for suffixes such as "-12-master-0".
 MAX_JOB_NAME_LENGTH = 40
+# faiss takes the seed as a C int.
+MAX_SEED = 2**31 - 1
+# Decoder layers a memory may name (more than any causal LM has).
+MAX_LAYERS = 512
+# Kubernetes stores these durations as int32 seconds.
+MAX_SECONDS = 2**31 - 1
+# Bounds on strings and lists that CEL rules read: the API server budgets a rule's cost by these lengths.
+MAX_URI_LENGTH = 2048
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE_LENGTH = 32768
 
 
 class SpecError(ValueError):
@@ -63,7 +75,16 @@ class ModelError(RuntimeError):
 class _Strict(BaseModel):
     """Base for every spec model: unknown keys and type coercions are errors, not silent fixes."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, populate_by_name=True, validate_default=True, allow_inf_nan=False
+    )
+
+
+def _no_userinfo(value: str | None) -> str | None:
+    """URIs may not carry credentials: they are copied into status, logs and job.yaml. Never echo the value."""
+    if value is not None and has_userinfo(value):
+        raise ValueError("must not embed credentials (user:password@ in the URI); use spec.storage.secretRef")
+    return value
 
 
 class FinetuneArgs(_Strict):
@@ -83,9 +104,9 @@ class FinetuneArgs(_Strict):
         2, ge=1, le=1024, description="Micro-batches accumulated into one optimizer step."
     )
     max_finetuning_examples: int | None = Field(
-        None, ge=1, description="Use at most this many examples (first N); default: the whole dataset."
+        None, ge=1, le=100_000_000, description="Use at most this many examples (first N); default: the whole dataset."
     )
-    save_steps: int = Field(60, ge=1, description="Write a checkpoint every this many steps.")
+    save_steps: int = Field(60, ge=1, le=1_000_000, description="Write a checkpoint every this many steps.")
     max_length: int = Field(2048, ge=16, le=8192, description="Token limit of prompt + answer; a power of two.")
     optim: Optimizer = Field("adafactor", description="Optimizer of the expert weights.")
     r_value: int = Field(64, ge=1, le=1024, description="Rank of each memory expert's low-rank adapter.")
@@ -131,16 +152,24 @@ class DatasetRef(_Strict):
     """Where the training pairs come from: a JSONL/JSON file (`uri`) or an uploaded dataset (`id`)."""
 
     uri: str | None = Field(
-        None, min_length=1, description="JSONL or JSON-array file: a plain path, file:// or s3:// URI."
+        None,
+        min_length=1,
+        max_length=MAX_URI_LENGTH,
+        description="JSONL or JSON-array file: a plain path, file:// or s3:// URI.",
     )
     id: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="Content address (sha256) of a dataset stored by upload_data."
     )
     store: str | None = Field(
-        None, min_length=1, description="Root URI of the dataset store that holds `id` (default: ~/.cache/memtune)."
+        None,
+        min_length=1,
+        max_length=MAX_URI_LENGTH,
+        description="Root URI of the dataset store that holds `id` (default: ~/.cache/memtune).",
     )
     inputKey: str = Field("input", min_length=1, description="Field of each record holding the question.")
     outputKey: str = Field("output", min_length=1, description="Field of each record holding the answer.")
+
+    _credentials_free = field_validator("uri", "store")(_no_userinfo)
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetRef:
@@ -150,32 +179,57 @@ class DatasetRef(_Strict):
 
 
 class OutputRef(_Strict):
-    uri: str = Field(..., min_length=1, description="Folder or s3:// prefix; each run writes a sub-folder of it.")
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_URI_LENGTH,
+        description="Folder or s3:// prefix; each run writes a sub-folder of it.",
+    )
+
+    _credentials_free = field_validator("uri")(_no_userinfo)
 
 
 class MemoryConfig(_Strict):
     """memtune's own knobs for the Mixture of Memory Experts (Lamini has no equivalent)."""
 
-    expertLayers: list[int] | None = Field(
-        None, min_length=1, description="Decoder layers that carry memory experts; default: the last numExpertLayers."
+    expertLayers: list[Annotated[int, Field(ge=0, le=MAX_LAYERS - 1)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LAYERS,
+        description="Decoder layers (0-based) that carry memory experts; default: the last numExpertLayers.",
     )
-    numExpertLayers: int = Field(8, ge=1, le=512, description="How many final layers carry experts by default.")
+    numExpertLayers: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_LAYERS,
+        description="How many final layers carry experts when expertLayers is not set; default: 8, at most half the "
+        "depth.",
+    )
     keyLayer: int | None = Field(
-        None, ge=0, description="Layer whose hidden states form the routing key; default: 40% of the depth."
+        None,
+        ge=0,
+        le=MAX_LAYERS - 2,
+        description="Layer whose hidden states form the routing key; default: 40% of the depth, kept below the first "
+        "expert layer.",
     )
     gate: Literal["calibrated", "always"] = Field(
         "calibrated",
         description="calibrated: experts apply only when the key is close enough to a trained one; always: never gate.",
     )
     distanceThreshold: float | None = Field(
-        None, gt=0, description="Gate distance (squared L2 of normalised keys); default: calibrated from the data."
+        None,
+        gt=0,
+        le=4,
+        description="Gate distance (squared L2 of normalised keys, so at most 4); default: calibrated from the data.",
     )
     anchorShare: float = Field(
-        0.5,
+        0.6,
         ge=0,
         le=1,
-        description="Second check of the calibrated gate: a trained question may answer only prompts that contain this "
-        "share of its anchor words (the words the base model finds surprising, weighted by surprisal); 0 turns it off.",
+        description="The calibrated gate's entity check: a trained question may answer a prompt only when their anchor "
+        "agreement reaches this share (its anchors in the prompt, against its anchors missing and other questions' "
+        "anchors present; anchors are the names, codes and rare words the base model finds surprising, and every "
+        "number); 0 leaves the distance alone to decide.",
     )
     temperature: float = Field(
         0.002,
@@ -187,11 +241,28 @@ class MemoryConfig(_Strict):
     stopLoss: float = Field(
         0.02,
         ge=0,
+        le=100,
         description="A fact leaves the working set once its answer loss is below this; training ends early when "
         "every fact is below it (0: always run max_steps).",
     )
     batchSize: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
-    seed: int = Field(0, ge=0, description="Seed of every random choice (initialisation, sampling, clustering).")
+    expertDtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="How the run stores the experts' factors; training keeps float32 masters and reports the recall "
+        "of the stored (rounded) weights. bfloat16 halves the bytes per fact.",
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of every random choice (initialisation, sampling, clustering)."
+    )
+
+    @model_validator(mode="after")
+    def _key_below_experts(self) -> MemoryConfig:
+        if self.keyLayer is not None and self.expertLayers and self.keyLayer >= min(self.expertLayers):
+            raise ValueError(
+                f"keyLayer ({self.keyLayer}) must be below every expert layer (lowest: {min(self.expertLayers)}), "
+                "so that experts never move the keys"
+            )
+        return self
 
 
 class SecretRef(_Strict):
@@ -225,14 +296,31 @@ class EnvVarSource(_Strict):
 
 
 class EnvVar(_Strict):
-    name: str = Field(..., pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str | None = None
+    name: str = Field(..., max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = Field(
+        None,
+        max_length=MAX_ENV_VALUE_LENGTH,
+        description="A literal value; never a credential (use valueFrom.secretKeyRef).",
+    )
     valueFrom: EnvVarSource | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _no_literal_credential(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return value
+        if is_credential_name(info.data.get("name") or ""):
+            raise ValueError("a credential may not be written in the spec: use valueFrom.secretKeyRef")
+        if kind := credential_in_value(value):
+            raise ValueError(f"holds {kind}; credentials come from a Secret (valueFrom.secretKeyRef)")
+        return value
 
     @model_validator(mode="after")
     def _one_value(self) -> EnvVar:
         if self.value is not None and self.valueFrom is not None:
             raise ValueError("set at most one of value and valueFrom")
+        if self.valueFrom and self.valueFrom.configMapKeyRef and is_credential_name(self.name):
+            raise ValueError(f"{self.name} is a credential: take it from a Secret (valueFrom.secretKeyRef)")
         return self
 
 
@@ -256,12 +344,17 @@ class TrainerPodConfig(_Strict):
     priorityClassName: str | None = None
     imagePullSecrets: list[LocalObjectReference] | None = None
     serviceAccountName: str | None = None
-    env: list[EnvVar] | None = Field(None, description="Extra environment; secrets only through valueFrom.")
+    env: list[EnvVar] | None = Field(
+        None, max_length=MAX_ENV_VARS, description="Extra environment; credentials only through valueFrom.secretKeyRef."
+    )
 
 
 class MemoryTuningJobSpec(_Strict):
     baseModel: str = Field(
-        DEFAULT_BASE_MODEL, min_length=1, description="Alias, local folder, or s3:// folder of a Hugging Face model."
+        DEFAULT_BASE_MODEL,
+        min_length=1,
+        max_length=MAX_URI_LENGTH,
+        description="Alias, local folder, or s3:// folder of a Hugging Face model.",
     )
     dataset: DatasetRef
     finetuneArgs: FinetuneArgs = Field(default_factory=FinetuneArgs)
@@ -269,23 +362,31 @@ class MemoryTuningJobSpec(_Strict):
     output: OutputRef
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     # Cluster fields: the operator reads them, local runs ignore them.
-    backend: Literal["auto", "pytorchjob", "job"] = Field(
-        "auto", description="auto: PyTorchJob where Kubeflow is installed, else a batch/v1 Job (single node only)."
+    backend: Literal["auto", "trainjob", "pytorchjob", "job"] = Field(
+        "auto",
+        description="auto: a Kubeflow Trainer v2 TrainJob where its CRD is installed, else a Kubeflow PyTorchJob, "
+        "else a batch/v1 Job (single node only).",
     )
     trainer: TrainerPodConfig = Field(default_factory=TrainerPodConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     suspend: bool = Field(False, description="Hold (or pause) the training pods.")
     backoffLimit: int = Field(3, ge=0, le=100, description="Retries after a failed attempt.")
-    activeDeadlineSeconds: int | None = Field(None, ge=1, description="Fail the job once it has run this long.")
+    activeDeadlineSeconds: int | None = Field(
+        None, ge=1, le=MAX_SECONDS, description="Fail the job once it has run this long."
+    )
     ttlSecondsAfterFinished: int | None = Field(
-        None, ge=0, description="Delete the children (never the job) this long after it finishes."
+        None, ge=0, le=MAX_SECONDS, description="Delete the children (never the job) this long after it finishes."
     )
     queueName: str | None = Field(None, min_length=1, description="Kueue queue, set as kueue.x-k8s.io/queue-name.")
+
+    _credentials_free = field_validator("baseModel")(_no_userinfo)
 
     @model_validator(mode="after")
     def _single_node_job(self) -> MemoryTuningJobSpec:
         if self.backend == "job" and self.gpuConfig.nodes != 1:
-            raise ValueError("backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'pytorchjob'")
+            raise ValueError(
+                "backend 'job' runs a single node: set gpuConfig.nodes to 1 or use backend 'trainjob' or 'pytorchjob'"
+            )
         return self
 
 
@@ -320,8 +421,18 @@ class Condition(_Strict):
 
 
 class Progress(_Strict):
+    """The trainer's latest step report, as the operator last read it from the rank-0 log."""
+
     step: int = Field(0, ge=0)
     maxSteps: int = Field(0, ge=0)
+    percentage: int | None = Field(None, ge=0, le=100, description="100 * step / maxSteps, rounded down.")
+    estimatedRemainingSeconds: int | None = Field(
+        None, ge=0, description="(maxSteps - step) at the step rate seen in this attempt; an upper bound (stopLoss)."
+    )
+    loss: float | None = Field(None, description="Training loss of the latest step.")
+    updateTime: str | None = Field(None, description="When the operator read this report.")
+    firstStep: int | None = Field(None, ge=0, description="First step seen in this attempt: the step rate's base.")
+    firstStepTime: str | None = Field(None, description="When firstStep was seen.")
 
 
 class MemoryTuningJobStatus(_Strict):
@@ -333,6 +444,16 @@ class MemoryTuningJobStatus(_Strict):
     startTime: str | None = None
     completionTime: str | None = None
     attempt: int | None = Field(None, ge=0, description="Current attempt; children are named {job}-{attempt}.")
+    backend: Literal["TrainJob", "PyTorchJob", "Job"] | None = Field(
+        None, description="Kind of the children: chosen once, for every attempt."
+    )
+    suspendedSeconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds held (suspended, or waiting for Kueue) since startTime: not counted against "
+        "activeDeadlineSeconds.",
+    )
+    suspendedSince: str | None = Field(None, description="Start of the current hold, if held now.")
     progress: Progress | None = None
     metrics: dict[str, float] | None = Field(None, description="Final metrics reported by the trainer.")
     artifactsUri: str | None = None
@@ -363,6 +484,10 @@ def parse_job(document: Any, source: str = "MemoryTuningJob") -> MemoryTuningJob
     if not isinstance(document, dict):
         raise SpecError([("(document)", f"expected a mapping, got {type(document).__name__}")], source)
     try:
+        documents.check_document(document)
+    except documents.DocumentError as error:
+        raise SpecError(error.problems, source) from None
+    try:
         return MemoryTuningJob.model_validate(document)
     except ValidationError as error:
         raise SpecError(problems_of(error), source) from None
@@ -383,36 +508,35 @@ def parse_gpu_config(config: dict[str, Any] | None) -> GPUConfig:
         raise SpecError(problems_of(error, "gpu_config"), "gpu_config") from None
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads `9e-4` as a float (YAML 1.1 wants a dot in the mantissa, YAML 1.2 does not)."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+def load_yaml(text: str, source: str = "manifest") -> Any:
+    """One YAML document, bounded and free of duplicate keys (`memtune.documents`); SpecError otherwise."""
+    try:
+        return documents.load_yaml(text)
+    except documents.DocumentError as error:
+        raise SpecError(error.problems, source) from None
 
 
 def load_job_file(path: str | Path) -> MemoryTuningJob:
-    """Read and validate a manifest file. Relative local paths are kept; `resolve_local_paths` anchors them."""
+    """Read and validate a manifest file. Relative local paths are kept; `resolve_local_paths` anchors them.
+
+    Every way the file can be wrong is a SpecError naming the file and the field or line: unreadable, larger than
+    a ConfigMap holds, not UTF-8, not YAML, a repeated key, an alias bomb, or a value out of range."""
     path = Path(path)
     try:
-        document = load_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise SpecError([("(yaml)", str(error))], str(path)) from None
-    return parse_job(document, str(path))
+        with open(path, "rb") as handle:
+            raw = handle.read(documents.MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
+        raise SpecError([("(file)", f"cannot read it ({error.strerror or error})")], str(path)) from None
+    if len(raw) > documents.MAX_MANIFEST_BYTES:
+        message = f"larger than {documents.MAX_MANIFEST_BYTES} bytes (what a ConfigMap holds)"
+        raise SpecError([("(file)", message)], str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        problem = f"not UTF-8 text ({error.reason} at byte {error.start})"
+        raise SpecError([(f"(file) line {line}", problem)], str(path)) from None
+    return parse_job(load_yaml(text, str(path)), str(path))
 
 
 def is_remote(uri: str) -> bool:

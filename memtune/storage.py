@@ -20,6 +20,8 @@ No torch here: the CLI, the SDK and the trainer all use it.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import random
@@ -38,7 +40,8 @@ from urllib.parse import urlsplit
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from memtune.manifest import MANIFEST_NAME, IntegrityError, read_manifest, verify_folder
+from memtune.manifest import MANIFEST_NAME, IntegrityError, parse_manifest, read_manifest, verify_folder
+from memtune.redact import has_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ _TRANSIENT_CODES = frozenset(
     {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
 )
 _DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
+# A full disk or quota may be freed before the next attempt; everything else local (read-only, denied) stays.
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 T = TypeVar("T")
 
@@ -119,6 +124,8 @@ class _Location:
 
 
 def _locate(uri: str) -> _Location:
+    if has_userinfo(uri):  # checked first: every message names the URI
+        raise StorageError("a storage URI must not embed credentials (user:password@); use AWS_ACCESS_KEY_ID")
     if uri.startswith("s3://"):
         bucket = uri.removeprefix("s3://").split("/", 1)[0]
         if len(bucket) < 3:
@@ -260,7 +267,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             _write_local_atomically(Path(location.path), data)
         except OSError as error:
-            raise StorageError(f"write {uri}: {error}") from error
+            raise local_error("write", uri, error) from error
         return
     _check_bucket(location)
     _with_retries("write", location, lambda: location.fs.pipe_file(location.path, data))
@@ -285,37 +292,125 @@ def remove_tree(uri: str) -> None:
     _with_retries("delete", location, remove)
 
 
+def local_error(action: str, uri: str, error: OSError) -> StorageError:
+    """A local failure, retryable only when it is about space (a full disk or quota may be freed)."""
+    return StorageError(f"{action} {uri}: {error.strerror or error}", transient=error.errno in _SPACE_ERRNOS)
+
+
 def _write_local_atomically(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename; on any failure (a full disk half way) the temp file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    Path(handle.name).replace(path)
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+    try:
+        Path(handle.name).replace(path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(uri: str) -> None:
+    """Fail now, not after training, when `uri` (a folder or prefix) cannot be written.
+
+    Writes and deletes a small probe object there. StorageError names the URI: permanent for a read-only folder,
+    denied credentials or a missing bucket, transient for a full disk or a storage outage that outlasted retries.
+    """
+    location = _locate(uri)
+    name = f".memtune-write-probe-{secrets.token_hex(4)}"
+    if location.is_local:
+        probe = Path(location.path) / name
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            _write_local_atomically(probe, b"")
+            probe.unlink()
+        except OSError as error:
+            raise local_error("cannot write to", uri, error) from error
+        return
+    _check_bucket(location)
+    target = location.child(name)
+    _with_retries("write a probe object under", target, lambda: target.fs.pipe_file(target.path, b""))
+    try:
+        _with_retries("delete the probe object", target, lambda: target.fs.rm_file(target.path))
+    except StorageError as error:  # writable is what matters; a leftover empty probe only costs a name
+        log.warning("%s", error)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Artifact folders
 
 
-def latest_committed_run(output_uri: str) -> str | None:
-    """URI of the newest `{output}/runs/{run_id}` holding a manifest, or None when no run has committed."""
+def committed_runs(output_uri: str) -> list[str]:
+    """URIs of the `{output}/runs/{run_id}` holding a manifest, newest first (the same on disk and on S3).
+
+    Only folders named like a run id count (`new_run_id`): a copied `runs/old-backup` or a staging folder is
+    never a run. Holding a manifest is the commit; whether its files are intact is for the reader to verify.
+    """
     runs = _locate(join_uri(output_uri, RUNS_DIR))
     _check_bucket(runs)
 
     def run_ids() -> list[str]:
         try:
             entries = runs.fs.ls(runs.path, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         names = (PurePosixPath(entry.rstrip("/")).name for entry in entries)
         return sorted((name for name in names if RUN_ID_PATTERN.match(name)), reverse=True)
 
+    committed = []
     for run_id in _with_retries("list runs in", runs, run_ids):
         manifest = runs.child(run_id, MANIFEST_NAME)
-        if _with_retries("check", manifest, lambda m=manifest: m.fs.exists(m.path)):
-            return join_uri(output_uri, RUNS_DIR, run_id)
-    return None
+        if _with_retries("check", manifest, lambda m=manifest: m.fs.isfile(m.path)):
+            committed.append(join_uri(output_uri, RUNS_DIR, run_id))
+    return committed
+
+
+def latest_committed_run(output_uri: str) -> str | None:
+    """URI of the newest committed run of a job output, or None when no run has committed."""
+    runs = committed_runs(output_uri)
+    return runs[0] if runs else None
+
+
+def read_committed_file(run_uri: str, name: str) -> bytes:
+    """One file of a committed run, checked against the run's manifest (IntegrityError naming it otherwise)."""
+    manifest = parse_manifest(read_bytes(join_uri(run_uri, MANIFEST_NAME)), run_uri)
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise IntegrityError(f"{run_uri}: the manifest does not list {name}")
+    data = read_bytes(join_uri(run_uri, name))
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise IntegrityError(f"{join_uri(run_uri, name)}: sha256 differs from the manifest")
+    return data
+
+
+def verify_committed(run_uri: str) -> dict[str, Any]:
+    """Check every file of a committed folder (local or S3) against its manifest without keeping a copy."""
+    location = _locate(run_uri)
+    if location.is_local:
+        return verify_folder(location.path)
+    manifest = parse_manifest(read_bytes(join_uri(run_uri, MANIFEST_NAME)), run_uri)
+    for name, entry in sorted(manifest["files"].items()):
+        item = location.child(name)
+
+        def digest(item: _Location = item) -> str:
+            hasher = hashlib.sha256()
+            try:
+                with item.fs.open(item.path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        hasher.update(chunk)
+            except FileNotFoundError:
+                raise IntegrityError(f"{item.uri}: listed in {MANIFEST_NAME} but missing") from None
+            return hasher.hexdigest()
+
+        if _with_retries("verify", item, digest) != entry["sha256"]:
+            raise IntegrityError(f"{item.uri}: sha256 differs from the manifest")
+    return manifest
 
 
 def publish_folder(local_dir: str | Path, uri: str, on_uploaded: Callable[[str], None] | None = None) -> dict[str, Any]:

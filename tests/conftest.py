@@ -6,6 +6,7 @@ them itself.
 """
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -13,3 +14,8 @@ from pathlib import Path
 os.environ["KUBECONFIG"] = str(Path(tempfile.mkdtemp(prefix="memtune-kmock-")) / "kubeconfig")
 os.environ["MEMTUNE_RESYNC_SECONDS"] = "0.2"  # the operator's timer interval, fixed when its handlers register
 os.environ["MEMTUNE_TRAINER_IMAGE"] = "registry.local/memtune-trainer:test"
+os.environ["MEMTUNE_ALLOWED_SERVICE_ACCOUNTS"] = "trainer"  # the one tests/operator's jobs name
+os.environ["MEMTUNE_ALLOWED_IMAGES"] = "registry.local/*"
+with socket.socket() as _probe:  # the operator's /metrics port: free now, reused by each operator a test starts
+    _probe.bind(("127.0.0.1", 0))
+    os.environ["MEMTUNE_METRICS_PORT"] = str(_probe.getsockname()[1])

@@ -32,15 +32,15 @@ def test_upload_prints_the_id_and_stores_once(tmp_path):
     assert len(list((tmp_path / "s" / "datasets").iterdir())) == 1
 
 
-def test_bad_dataset_exits_2_naming_the_line(tmp_path):
+def test_bad_dataset_exits_1_naming_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input": "q", "output": "a"}\n{"input": "q"}\n', encoding="utf-8")
     result = runner.invoke(app, ["upload", str(path), "--store", str(tmp_path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "line 2: missing key 'output'" in result.output
 
 
-def test_bad_manifest_exits_2_naming_the_field(tmp_path):
+def test_bad_manifest_exits_1_naming_the_field(tmp_path):
     manifest = tmp_path / "job.yaml"
     manifest.write_text(
         "apiVersion: memtune.dev/v1alpha1\nkind: MemoryTuningJob\nmetadata: {name: j}\n"
@@ -48,13 +48,13 @@ def test_bad_manifest_exits_2_naming_the_field(tmp_path):
         encoding="utf-8",
     )
     result = runner.invoke(app, ["run", str(manifest)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "spec.finetuneArgs.max_steps" in result.output
 
 
 def test_generate_needs_exactly_one_source_of_questions(tmp_path):
     result = runner.invoke(app, ["generate"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "--prompt" in result.output
 
 
@@ -72,9 +72,9 @@ def test_push_model_publishes_a_committed_copy_once_and_names_a_bad_model(tmp_pa
     assert not (model / "manifest.json").exists()
 
     again = runner.invoke(app, ["push-model", str(model), str(target)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 1 and "already exists" in again.output
     missing = runner.invoke(app, ["push-model", str(tmp_path / "nowhere"), str(tmp_path / "other")])
-    assert missing.exit_code == 2 and "nowhere" in missing.output and "Hugging Face folder" in missing.output
+    assert missing.exit_code == 1 and "nowhere" in missing.output and "Hugging Face folder" in missing.output
 
 
 def test_base_answers_are_previewed_not_shown_whole():

@@ -39,7 +39,7 @@ def test_bad_train_arguments_name_the_field(tmp_path):
         tuner.build_job(RECORDS, {"learning_rat": 1e-3})
     with pytest.raises(SpecError, match=r"gpu_config\.nodes"):
         tuner.build_job(RECORDS, gpu_config={"nodes": 0})
-    with pytest.raises(data.DatasetError, match="line 1: missing key 'output'"):
+    with pytest.raises(data.DatasetError, match="record 1: missing key 'output'"):
         tuner.upload_data([{"input": "q"}])
 
 

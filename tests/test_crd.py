@@ -55,7 +55,8 @@ def _cel_failures(schema: dict[str, Any], new: Any, old: Any, path: str) -> list
 
 def crd_problems(new: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
     schema_errors = [error.message for error in jsonschema.Draft4Validator(SCHEMA).iter_errors(new)]
-    return schema_errors + _cel_failures(SCHEMA, new, old, "")
+    # Like the API server, rules run only on an object that fits the schema (a rule never sees a wrong type).
+    return schema_errors or _cel_failures(SCHEMA, new, old, "")
 
 
 def _with(path: str, value: Any, base: dict[str, Any] = BASE) -> dict[str, Any]:
@@ -104,7 +105,8 @@ ROWS: list[tuple[str, dict[str, Any], bool]] = [
     ("nodes 0", _with("spec.gpuConfig", {"nodes": 0}), False),
     ("job backend one node", _with("spec.backend", "job"), True),
     ("job backend 4 nodes", _with("spec.gpuConfig", {"nodes": 4}, _with("spec.backend", "job")), False),
-    ("unknown backend", _with("spec.backend", "trainjob"), False),
+    ("unknown backend", _with("spec.backend", "mpijob"), False),
+    ("trainjob backend 4 nodes", _with("spec.gpuConfig", {"nodes": 4}, _with("spec.backend", "trainjob")), True),
     ("gate always", _with("spec.memory", {"gate": "always", "batchSize": 4}), True),
     ("gate unknown", _with("spec.memory", {"gate": "never"}), False),
     ("negative threshold", _with("spec.memory", {"distanceThreshold": -1.0}), False),
@@ -165,6 +167,41 @@ ROWS: list[tuple[str, dict[str, Any], bool]] = [
         False,
     ),
     ("env bad name", _with("spec.trainer", {"env": [{"name": "1X", "value": "x"}]}), False),
+    ("literal secret in env", _with("spec.trainer", {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}), False),
+    ("literal token in env", _with("spec.trainer", {"env": [{"name": "hf.token", "value": "x"}]}), False),
+    (
+        "tokenizers setting in env",
+        _with("spec.trainer", {"env": [{"name": "TOKENIZERS_PARALLELISM", "value": "0"}]}),
+        True,
+    ),
+    (
+        "access key id as a value",
+        _with("spec.trainer", {"env": [{"name": "X", "value": "AKIAIOSFODNN7EXAMPLE"}]}),
+        False,
+    ),
+    ("userinfo URI as a value", _with("spec.trainer", {"env": [{"name": "X", "value": "see https://u:p@h/x"}]}), False),
+    (
+        "credential from a config map",
+        _with(
+            "spec.trainer",
+            {"env": [{"name": "DB_PASSWORD", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        ),
+        False,
+    ),
+    ("userinfo in dataset uri", _with("spec.dataset", {"uri": "https://u:p@h/f.jsonl"}), False),
+    ("slash in a secret in a uri", _with("spec.dataset", {"uri": "s3://KEY:a/b+c@bucket/f.jsonl"}), False),
+    ("at sign in an object key", _with("spec.dataset", {"uri": "s3://bucket/f@v2.jsonl"}), True),
+    ("port and at sign in a path", _with("spec.dataset", {"uri": "https://host:8080/a@b.jsonl"}), True),
+    ("userinfo in store", _with("spec.dataset", {"id": "a" * 64, "store": "s3://K:p@bucket"}), False),
+    ("userinfo in output", _with("spec.output", {"uri": "s3://K:p@bucket/out"}), False),
+    ("userinfo in base model", _with("spec.baseModel", "s3://K:p@bucket/model"), False),
+    ("seed at int32 max", _with("spec.memory", {"seed": 2**31 - 1}), True),
+    ("seed past int32", _with("spec.memory", {"seed": 2**31}), False),
+    ("negative expert layer", _with("spec.memory", {"expertLayers": [-1]}), False),
+    ("key layer at an expert layer", _with("spec.memory", {"keyLayer": 8, "expertLayers": [8, 9]}), False),
+    ("key layer below expert layers", _with("spec.memory", {"keyLayer": 7, "expertLayers": [8, 9]}), True),
+    ("threshold past 4", _with("spec.memory", {"distanceThreshold": 4.5}), False),
+    ("deadline past int32", _with("spec.activeDeadlineSeconds", 2**31), False),
     ("name too long", _with("metadata.name", "a" * 41), False),
     ("name with capitals", _with("metadata.name", "NBA"), False),
     ("name starting with digit", _with("metadata.name", "1job"), False),
@@ -229,5 +266,12 @@ def test_crd_metadata() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["mtj"]
     assert version["subresources"] == {"status": {}}
     assert [column["name"] for column in version["additionalPrinterColumns"]] == [
-        "Phase", "Step", "Max-Steps", "Recall", "Age",
+        "Phase", "Progress", "ETA-Seconds", "Loss", "Recall", "Step", "Max-Steps", "Backend", "Attempt", "Age",
     ]  # fmt: skip
+    # Every column's path exists in the status schema (a typo would show an empty column forever).
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for column in version["additionalPrinterColumns"][:-1]:
+        node = status
+        for part in column["jsonPath"].split(".")[2:]:
+            node = node["properties"][part] if "properties" in node else node["additionalProperties"]
+        assert node["type"] == column["type"], column

@@ -49,7 +49,10 @@ def test_every_bad_line_is_reported_by_number_in_one_error(tmp_path):
 def test_json_array_items_are_numbered_and_extra_keys_ignored(tmp_path):
     path = tmp_path / "facts.json"
     path.write_text(json.dumps([*GOOD, {"output": "no question"}]), encoding="utf-8")
-    with pytest.raises(data.DatasetError, match="line 3: missing key 'input'"):
+    with pytest.raises(data.DatasetError, match="line 1: item 3: missing key 'input'"):
+        data.read_examples(str(path))
+    path.write_text(json.dumps([*GOOD, {"output": "no question"}], indent=2), encoding="utf-8")
+    with pytest.raises(data.DatasetError, match="line 11: item 3: missing key 'input'"):  # the line it starts on
         data.read_examples(str(path))
     path.write_text(json.dumps(GOOD), encoding="utf-8")
     assert [e.output for e in data.read_examples(f"file://{path}")] == ["Anneke Voss", "1847"]
@@ -138,3 +141,103 @@ def test_deduplicate_keeps_one_answer_per_question_the_last_line_winning() -> No
     assert unique.repeated == 1
     assert unique.conflicts == [("Where is X?", [1, 3, 4])]
     assert deduplicate(examples[:2]).conflicts == [] and deduplicate(examples[:2]).repeated == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records are split on "\n" only, and what upload stores reads back exactly.
+
+SEPARATORS = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]  # str.splitlines() splits on all
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
+def test_raw_line_separators_inside_strings_are_text_not_line_breaks(tmp_path, separator):
+    record = {"input": f"first{separator}second?", "output": f"a{separator}b"}
+    lines = [json.dumps(record, ensure_ascii=False), json.dumps(GOOD[1]), '{"input": "q"}']
+    path = tmp_path / "sep.jsonl"
+    path.write_text("\r\n".join(lines) + "\n", encoding="utf-8")  # CRLF line ends as well
+    with pytest.raises(data.DatasetError) as caught:
+        data.read_examples(str(path))
+    assert caught.value.problems == [(3, "missing key 'output'")]  # the third line, not a later one
+    path.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
+    examples = data.read_examples(str(path))
+    assert [(e.input, e.line) for e in examples] == [(record["input"], 1), (GOOD[1]["input"], 2)]
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
+def test_what_upload_stores_reads_back_as_the_same_records(tmp_path, separator):
+    records = [{"input": f"Who{separator}won?", "output": f"Anneke{separator}Voss"}, GOOD[1]]
+    for name, text in (
+        ("array.json", json.dumps(records, ensure_ascii=False)),
+        ("lines.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)),
+    ):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        examples = data.read_examples(str(path))
+        identifier = data.upload_examples(examples, str(tmp_path / "store"))
+        assert data.load_examples(DatasetRef(id=identifier, store=str(tmp_path / "store"))) == examples
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# (what the bad line holds, words of its error). Each is a valid-looking line 2 between two good lines.
+BAD_LINES = [
+    ('{"input": "\\ud800", "output": "a"}', "'input' holds a lone surrogate \\ud800 at character 1"),
+    ('{"input": "q", "output": "x\\udfff"}', "'output' holds a lone surrogate \\udfff at character 2"),
+    ('{"input": "q", "output": "a", "note": ' + "7" * 5000 + "}", "a number with more than 4300 digits"),
+    ('{"input": "q", "output": "a", "note": ' + _deep(100_000) + "}", "nested too deeply"),
+    (_deep(100_000), "nested too deeply"),
+    ('{"input": "q", "output": "a"} {"x": 1}', "not valid JSON (Extra data"),
+    ("\u2028", "not valid JSON"),
+    ('"just a string"', "expected a JSON object, got str"),
+]
+
+
+@pytest.mark.parametrize(("line", "words"), BAD_LINES, ids=[w.split("(")[0][:30] for _, w in BAD_LINES])
+def test_unreadable_records_are_named_by_line_in_jsonl_and_arrays(tmp_path, line, words):
+    good = json.dumps(GOOD[0])
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n{line}\n{good}\n", encoding="utf-8")
+    with pytest.raises(data.DatasetError) as caught:
+        data.read_examples(str(path))
+    assert [number for number, _ in caught.value.problems] == [2]
+    assert words in caught.value.problems[0][1]
+    array = tmp_path / "bad.json"
+    array.write_text(f"[\n{good},\n{line},\n{good}\n]", encoding="utf-8")
+    with pytest.raises(data.DatasetError) as caught:
+        data.read_examples(str(array))
+    assert caught.value.problems[0][0] == 3  # the array's item 2 starts on line 3
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"input": "q", "output": "a"}\n{"input": "caf\xe9", "output": "a"}\n')
+    with pytest.raises(data.DatasetError, match=r"line 2: not UTF-8 text \(invalid continuation byte at byte 44\)"):
+        data.read_examples(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD[0]).encode())  # a byte order mark is fine
+    assert data.read_examples(str(path))[0].input == GOOD[0]["input"]
+
+
+def test_a_corrupt_stored_dataset_is_repaired_by_uploading_the_same_data(tmp_path):
+    store = str(tmp_path)
+    examples = data.parse_records(json.dumps(GOOD), "x")
+    first = data.store_dataset(examples, store)
+    stored = tmp_path / "datasets" / f"{first.id}.jsonl"
+    assert first.state == "written" and data.store_dataset(examples, store).state == "present"
+    for damage in (b"", b'{"input":"x","output":"y"}\n', stored.read_bytes()[:-1]):
+        stored.write_bytes(damage)
+        with pytest.raises(data.DatasetError, match="corrupt"):
+            data.load_by_id(first.id, store)
+        again = data.store_dataset(examples, store)
+        assert (again.id, again.state) == (first.id, "repaired")
+        assert data.load_by_id(first.id, store) == examples
+
+
+def test_sdk_records_are_named_by_position():
+    with pytest.raises(data.DatasetError) as caught:
+        data.examples_from_records([GOOD[0], {"input": "q", "output": 3}, "x"])
+    assert str(caught.value).splitlines()[1:] == [
+        "  - record 2: 'output' must be a string, got int",
+        "  - record 3: expected a JSON object, got str",
+    ]

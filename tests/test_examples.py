@@ -38,3 +38,8 @@ def test_cluster_manifest_validates_and_points_only_at_object_storage(manifest):
     job = load_job_file(manifest)
     assert local_paths_in(job.spec) == []
     assert job.spec.storage.secretRef is not None
+
+
+def test_one_cluster_example_per_backend():
+    backends = {load_job_file(path).spec.backend for path in (EXAMPLES / "cluster").glob("*.yaml")}
+    assert backends >= {"trainjob", "pytorchjob", "job"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from memtune import MemoryTuner as Lamini  # the one changed line: `from lamini import Lamini`
+from memtune.client import MemoryTunerWarning
 from memtune.output_types import OutputTypeError
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,8 @@ def test_generate_with_the_tuned_model(results):
         "violet",
         "Anneke Voss",
     ]
-    first = llm.generate("Who discovered the planet Quorvex?", max_new_tokens=1)
+    with pytest.warns(MemoryTunerWarning, match="stopped at the limit of 1 new tokens"):  # a cut answer says so
+        first = llm.generate("Who discovered the planet Quorvex?", max_new_tokens=1)
     assert first and "Anneke Voss".startswith(first) and first != "Anneke Voss"
     assert llm.generate("Who discovered the planet Quorvex?", max_tokens=4096) == "Anneke Voss"
 

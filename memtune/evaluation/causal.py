@@ -53,8 +53,8 @@ def greedy_answers(
     answers: list[str] = []
     for start in range(0, len(questions), batch_size):
         prompts = [_prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
-        ids = _pad(prompts, tokenizer.pad_token_id, left=True)  # (B, P)
-        attention = _pad([[1] * len(p) for p in prompts], 0, left=True)  # (B, P)
+        ids = _pad(prompts, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
+        attention = _pad([[1] * len(p) for p in prompts], 0, left=True).to(model.device)  # (B, P)
         out = model.generate(
             input_ids=ids,
             attention_mask=attention,
@@ -86,6 +86,7 @@ def teacher_forced_predictions(
         prompts = [_prompt_ids(tokenizer, q) for q, _ in chunk]
         targets = [_answer_ids(tokenizer, a) for _, a in chunk]
         ids = _pad([p + t for p, t in zip(prompts, targets, strict=True)], tokenizer.pad_token_id, left=False)
+        ids = ids.to(model.device)
         logits = model(input_ids=ids).logits  # (B, T, V); right padding is harmless for a causal model
         picks = logits.argmax(-1)  # (B, T)
         for row, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):

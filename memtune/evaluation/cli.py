@@ -24,6 +24,7 @@ from memtune import data, storage
 from memtune.evaluation.prompts import DEFAULT_SYSTEM
 from memtune.evaluation.scoring import MethodScore
 from memtune.evaluation.sweep import DEFAULT_RATES
+from memtune.failures import fail
 from memtune.manifest import IntegrityError
 from memtune.spec import DEFAULT_BASE_MODEL, MemoryTuningJob, ModelError, SpecError, load_job_file, resolve_local_paths
 
@@ -38,11 +39,6 @@ _USER_ERRORS = (
     ValueError,
 )
 _DEFAULT_LADDER = "base,prompt,rag,lora,mome"
-
-
-def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def read_prompts(path: Path, key: str) -> list[str]:
@@ -107,6 +103,7 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Greedy decoding budget.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, max=512)] = 8,
     teacher_forced: Annotated[bool, typer.Option(help="Also score teacher-forced token accuracy.")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Score the baseline ladder (base, prompt, RAG, LoRA, MoME) on JSONL sets; print tables and write a report.
 
@@ -140,6 +137,7 @@ def evaluate(
             batch_size=batch_size,
             db=db,
             teacher_forced=teacher_forced,
+            device=device,
         )
         sets = {path.name: data.read_examples(str(path), input_key, output_key) for path in data_files}
         records = data.read_question_records(locality, input_key) if locality else []
@@ -148,7 +146,7 @@ def evaluate(
         answers = [str(r[output_key]) for r in records] if all(output_key in r for r in records) else []
         sections = run_ladder(ladder, sets, prompts, locality_answers=answers)
     except _USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     _print_tables(sections)
     settings = {
         "base model": ladder.base_model,
@@ -186,7 +184,7 @@ def sweep(
         )
         path = write_sweep_report(trials, report_dir, job.metadata.name)
     except _USER_ERRORS as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     console.print(path.read_text(encoding="utf-8"), highlight=False)
 
 

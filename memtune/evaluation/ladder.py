@@ -6,7 +6,9 @@
     scores = run_ladder(ladder, {"facts": examples}, locality_prompts=["What is the capital of France?"])
 
 `base`, `prompt`, `rag` and `lora` answer through transformers here (causal.py: greedy, documented stop rule);
-`mome` through the generator (`memtune.trainer.mome.generation`), which decodes the same way. Each method answers
+`mome` through the engine's MemoryModel (`memtune.trainer.mome.model`), which decodes the same way. Every rung runs
+on `device` (auto: CUDA when there is one), the base model in the engine's dtype for that device (bfloat16 on CUDA,
+float32 on the CPU); LoRA trains its adapter on the same device with float32 weights. Each method answers
 every set; locality compares its answers on `locality_prompts` with the base model's (the `prompt`/`rag` rungs
 see those prompts framed as they frame everything). Given the locality prompts' answers and `teacher_forced`, it
 is also measured token by token: forcing those answers, the share of positions where the method's argmax is the base
@@ -19,7 +21,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -65,6 +67,8 @@ class Ladder:
     """SQLite database: expected outputs are gold SQL, scored by execution."""
     teacher_forced: bool = False
     """Also report teacher-forced token accuracy (the knowledge-editing papers' metric)."""
+    device: str | None = None
+    """Where every rung runs: None/"auto" (CUDA when there is one), "cpu", "cuda", "cuda:N"."""
 
     def problems(self) -> list[str]:
         found = [
@@ -109,34 +113,38 @@ def _bare(questions: Sequence[str]) -> list[str]:
 
 
 def _load_rung(method: str, ladder: Ladder) -> _Rung:
-    """Load what `method` needs (models are imported here, lazily, so scoring stays torch-free)."""
+    """Load what `method` needs on `ladder.device` (models are imported here, lazily, so scoring stays torch-free)."""
+    from memtune.trainer.mome.devices import resolve_device
+
+    device = resolve_device(ladder.device)
     if method == "mome":
-        from memtune.evaluation.mome import MomeTokenPredictor, read_loss_curve
-        from memtune.trainer.mome.generation import load_generator, resolve_run
+        from memtune.evaluation.mome import read_loss_curve
+        from memtune.trainer.mome.artifacts import resolve_run
+        from memtune.trainer.mome.model import MemoryModel
 
         assert ladder.mome_model is not None  # Ladder.problems() checked it
         if resolve_run(ladder.mome_model) is None:
             raise LadderError(f"--model: {ladder.mome_model} holds no run: train it first (memtune run JOB)")
-        generator = load_generator(ladder.mome_model)
-        assert generator.run is not None  # a run folder was found above
+        model = MemoryModel.load(ladder.mome_model, device)
+        assert model.run is not None  # a run folder was found above
 
         def answer(questions: Sequence[str]) -> list[str]:
-            out = generator.generate(
-                list(questions), max_new_tokens=ladder.max_new_tokens, batch_size=ladder.batch_size
-            )
+            out = model.generate(list(questions), max_new_tokens=ladder.max_new_tokens, batch_size=ladder.batch_size)
             return [a.output.strip() for a in out]
 
-        predictor = MomeTokenPredictor(generator) if ladder.teacher_forced else None
-        return _Rung(answer, _bare, predictor, read_loss_curve(generator.run.folder))
+        predictor = model if ladder.teacher_forced else None
+        return _Rung(answer, _bare, predictor, read_loss_curve(model.run.folder))
     if method == "lora":
         from memtune.evaluation.lora import train_lora
 
         assert ladder.lora is not None  # Ladder.problems() checked it
-        result = train_lora(ladder.base_model, ladder.train, ladder.lora)
+        result = train_lora(ladder.base_model, ladder.train, ladder.lora, device=device)
         return _Rung(lambda q: result.answer(q, max_new_tokens=ladder.max_new_tokens), _bare, result, result.losses)
     from memtune.trainer.mome.base import load_base_model
+    from memtune.trainer.mome.devices import resolve_dtype
 
-    base = load_base_model(ladder.base_model)
+    base = load_base_model(ladder.base_model, dtype=resolve_dtype(None, device))
+    base.model.to(device)
 
     def greedy(questions: Sequence[str]) -> list[str]:
         return causal.greedy_answers(
@@ -195,6 +203,10 @@ def run_ladder(
     base_tokens: list[list[int]] | None = None
     forced_locality = ladder.teacher_forced and bool(locality_answers)
     order = sorted(ladder.methods, key=METHODS.index)
+    from memtune.trainer.mome.devices import resolve_device
+
+    # resolved once (a CPU-only machine is reported once, not per rung); every rung then loads on that device
+    ladder = replace(ladder, device=str(resolve_device(ladder.device)))
     if locality_prompts and "base" not in order:
         order = ["base", *order]  # locality is measured against the base model's answers
     for method in order:

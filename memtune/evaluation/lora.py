@@ -99,12 +99,16 @@ def train_lora(
     train: Sequence[Example],
     settings: LoraSettings,
     checkpoint: Callable[[int, float, LoraResult], bool] | None = None,
+    *,
+    device: torch.device | str = "cpu",
 ) -> LoraResult:
-    """Fit a fresh LoRA adapter on `train` for `settings.steps` updates (fewer if `checkpoint` says stop)."""
+    """Fit a fresh LoRA adapter on `train` for `settings.steps` updates (fewer if `checkpoint` says stop), on
+    `device` with float32 weights (the usual LoRA recipe; bf16 adapters would be a different baseline)."""
     if not train:
         raise ValueError("LoRA needs at least one training pair")
     torch.manual_seed(settings.seed)
     base = load_base_model(base_model)  # a private copy: the adapter must not leak into other rungs
+    base.model.to(device)
     config = LoraConfig(
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules=list(TARGET_MODULES)
     )
@@ -117,7 +121,8 @@ def train_lora(
     model.train()
     for step in range(1, settings.steps + 1):
         started = time.monotonic()
-        ids, labels, attention = _collate([sequences[i] for i in next(batches)], tokenizer.pad_token_id)
+        batch = _collate([sequences[i] for i in next(batches)], tokenizer.pad_token_id)
+        ids, labels, attention = (tensor.to(model.device) for tensor in batch)
         loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss  # mean over answer tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

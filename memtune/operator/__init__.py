@@ -1,4 +1,5 @@
-"""The memtune operator: turns MemoryTuningJobs into Kubeflow PyTorchJobs (or batch/v1 Jobs) and reports back.
+"""The memtune operator: turns MemoryTuningJobs into Kubeflow PyTorchJobs (or batch/v1 Jobs) and reports back;
+serves MemoryModels (a Deployment and a Service running `memtune serve`, memtune/operator/serving.py).
 
     kopf run -m memtune.operator --standalone --liveness=http://0.0.0.0:8080/healthz --all-namespaces
 
@@ -6,6 +7,6 @@ Importing this package registers the kopf handlers. It never imports torch, tran
 contract it shares with the training pods is `memtune.contract` (documented in docs/trainer-contract.md).
 """
 
-from memtune.operator import handlers
+from memtune.operator import handlers, serving
 
-__all__ = ["handlers"]
+__all__ = ["handlers", "serving"]

@@ -20,13 +20,25 @@ Manifest = dict[str, Any]
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 PODS = Resource("", "v1", "pods", "Pod")
 CRD_CACHE_SECONDS = 60.0
+USER_AGENT = "memtune-operator"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition")
+
+
+EVENTS = Resource("", "v1", "events", "Event")
+# The API server refuses the object itself (schema, CEL, an admission webhook, too large): sending it again
+# cannot help, so the job fails with the server's reason instead of retrying.
+REFUSED_STATUSES = (400, 413, 422)
 
 
 class KubeError(RuntimeError):
     def __init__(self, status: int, message: str):
         self.status = status
+        self.detail = message
         super().__init__(f"Kubernetes API error {status}: {message}")
+
+    @property
+    def refused(self) -> bool:
+        return self.status in REFUSED_STATUSES
 
 
 def _path(resource: Resource, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -52,6 +64,7 @@ class Kube:
     """Kubernetes API access with the operator's service account (or the kubeconfig outside a cluster)."""
 
     def __init__(self, api: kubernetes.client.ApiClient):
+        api.user_agent = USER_AGENT  # audit logs tell the operator's requests from kubectl's
         self._api = api
         self._crds: dict[str, tuple[float, bool]] = {}  # name → (monotonic time of the check, installed)
 
@@ -102,8 +115,8 @@ class Kube:
             raise
         return True
 
-    def patch(self, resource: Resource, namespace: str, name: str, body: Manifest) -> None:
-        self._call("PATCH", _path(resource, namespace, name), body)
+    def patch(self, resource: Resource, namespace: str, name: str, body: Manifest, sub: str | None = None) -> None:
+        self._call("PATCH", _path(resource, namespace, name, sub), body)
 
     def delete(self, resource: Resource, namespace: str, name: str) -> None:
         """Delete with background propagation (pods go with their job); a missing object is fine."""
@@ -121,6 +134,32 @@ class Kube:
     def pod_log(self, namespace: str, name: str, container: str, tail_lines: int) -> str:
         query = [("container", container), ("tailLines", str(tail_lines))]
         return self._call("GET", _path(PODS, namespace, name, "log"), query=query, text=True)
+
+    def post_event(self, owner: Manifest, kind: str, reason: str, message: str, component: str) -> None:
+        """An Event on `owner` (core/v1), as `kubectl describe` shows it."""
+        meta = owner["metadata"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},
+            "involvedObject": {
+                "apiVersion": owner.get("apiVersion"),
+                "kind": owner.get("kind"),
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": component},
+            "reportingComponent": component,
+        }
+        self.create(EVENTS, body["metadata"]["namespace"], body)
 
     def has_crd(self, name: str) -> bool:
         """Whether a CRD is installed; remembered for a minute, as every job's resync asks (and CRDs are big)."""

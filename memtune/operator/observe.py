@@ -85,11 +85,18 @@ def pending_pod(pods: list[Manifest]) -> str | None:
 
 
 def master_pod(pods: list[Manifest]) -> Manifest | None:
-    """The rank-0 pod of an attempt (labelled by the operator), whose log and result are read."""
+    """The rank-0 pod of an attempt (see `contract.is_rank0_pod`), whose log and result are read."""
     for pod in pods:
-        if pod["metadata"].get("labels", {}).get(contract.ROLE_LABEL) == contract.ROLE_MASTER:
+        if contract.is_rank0_pod(pod["metadata"]):
             return pod
     return None
+
+
+def container_of(pod: Manifest) -> str:
+    """The trainer container's name in `pod`: `pytorch` (PyTorchJob, Job) or `node` (TrainJob)."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    names += [c.get("name") for c in _container_statuses(pod)]
+    return next((name for name in names if name in contract.CONTAINER_NAMES), contract.CONTAINER_NAME)
 
 
 def last_progress(log: str) -> dict[str, Any] | None:
@@ -109,7 +116,7 @@ def last_progress(log: str) -> dict[str, Any] | None:
 def final_result(pod: Manifest) -> dict[str, Any]:
     """`{"artifactsUri": ..., "metrics": {...}}` from the trainer container's termination message; {} if absent."""
     for container in _container_statuses(pod):
-        if container.get("name") != contract.CONTAINER_NAME:
+        if container.get("name") not in contract.CONTAINER_NAMES:
             continue
         message = ((container.get("state") or {}).get("terminated") or {}).get("message") or ""
         try:

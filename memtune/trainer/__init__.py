@@ -5,17 +5,19 @@ Two rooms. `mome/` is the memory a model answers with; `tuning/` builds it.
 mome/ (what serving, generation and evaluation load)
 - base.py        base model loading (alias -> packaged GGUF, converted once; local or s3 folders), the chat prompt
 - keys.py        prompt tokens and routing keys (mean hidden state over the question's tokens)
-- experts.py     the expert bank's hooks (batched, per-row top-k mixing)
+- experts.py     the experts' hooks (batched, per-row top-k mixing)
+- bank.py        the expert bank: in RAM (training) or read lazily from a run's shards (inference)
 - index.py       the faiss index per index_method, with explicit fallbacks
 - anchors.py     the gate's anchor words
 - router.py      where experts are picked: key -> top-k -> anchors -> distance gate -> weights
 - memory.py      Memory: layout, bank, keys, index, anchors in one object
-- artifacts.py   run folders (safetensors, faiss bytes, manifest last) and their verified loading
-- generation.py  load_generator / Generator.generate
+- artifacts.py   run folders (safetensors, faiss bytes, manifest last), their verified loading, resolve_run
+- devices.py     the device and dtype the engine runs in
+- model.py       MemoryModel: base + memory as one object (load, generate, score, the training route)
 
 tuning/ (what a job runs to build a memory)
 - encode.py      the frozen pass: keys, prefix caches and answer regions
-- bank.py        which expert each question uses (its own, or shared above index_max_size)
+- assign.py      which expert each question uses (its own, or shared above index_max_size)
 - calibrate.py   the gate's threshold
 - region.py      the training forward over answer regions
 - optim.py       row-sparse AdamW / Adafactor

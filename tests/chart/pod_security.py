@@ -59,6 +59,9 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield name, spec
     elif kind == "CronJob":
         yield name, spec["jobTemplate"]["spec"]["template"]["spec"]
+    elif kind in ("ClusterTrainingRuntime", "TrainingRuntime"):
+        for replicated in spec["template"]["spec"]["replicatedJobs"]:
+            yield f"{name}[{replicated['name']}]", replicated["template"]["spec"]["template"]["spec"]
     elif kind == "PyTorchJob":
         for replica, replica_spec in (spec.get("pytorchReplicaSpecs") or {}).items():
             yield f"{name}[{replica}]", replica_spec["template"]["spec"]

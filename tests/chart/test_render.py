@@ -16,16 +16,24 @@ from .render import CHART, NAMESPACE, RELEASE, VARIATIONS, notes, of_kind, only,
 KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 
 # The operator's RBAC contract (docs/trainer-contract.md): (apiGroup, resource) -> verbs, per watched namespace.
+# tests/operator checks every request the operator makes against the rendered chart, and that it uses them all.
 NAMESPACED_RULES = {
     ("memtune.dev", "memorytuningjobs"): {"get", "list", "watch", "patch"},
-    ("memtune.dev", "memorytuningjobs/status"): {"get", "patch", "update"},
-    ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("memtune.dev", "memorytuningjobs/status"): {"patch"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "create", "patch", "delete"},
+    ("kubeflow.org", "pytorchjobs"): {"get", "create", "patch", "delete"},
+    ("batch", "jobs"): {"get", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "create", "delete"},
+    ("", "pods"): {"list"},
     ("", "pods/log"): {"get"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
+    # Serving (MemoryModel): a Deployment and a Service per served memory.
+    ("memtune.dev", "memorymodels"): {"get", "list", "watch", "patch"},
+    ("memtune.dev", "memorymodels/status"): {"get", "patch", "update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
 }
+# get: is Trainer's TrainJob / Kubeflow's PyTorchJob installed? list, watch: kopf's resource observer.
 CRD_DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 # Verbs that would let the operator grant itself more than it holds.
 ESCALATING_VERBS = {"escalate", "bind", "impersonate"}
@@ -114,7 +122,7 @@ def test_bindings_point_at_rendered_roles_and_the_operator_service_account(rende
 
 def test_rbac_and_service_account_can_be_left_to_the_platform_team() -> None:
     objects = render(VARIATIONS["everything-set"])
-    assert {obj["kind"] for obj in objects} == {"Deployment"}
+    assert {obj["kind"] for obj in objects} == {"Deployment", "Service"}  # the Service: metrics
     assert only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "platform-memtune"
 
 
@@ -167,3 +175,71 @@ def test_every_object_lives_in_the_release_namespace_or_a_watched_one() -> None:
 def test_notes_name_the_watched_namespaces() -> None:
     assert "every namespace" in notes()
     assert "team-a, team-b" in notes(VARIATIONS["namespaced"])
+
+
+def test_the_training_runtime_renders_restricted_and_schema_valid() -> None:
+    from tests.operator.mtj_schemas import RUNTIME_CRD, validate_crd_object
+
+    assert of_kind(render(), "ClusterTrainingRuntime") == []  # auto, and `helm template` knows no Trainer API
+    objects = render({"trainJob": {"runtime": {"install": "always", "name": "memtune-torch"}}})
+    runtime = only(objects, "ClusterTrainingRuntime")
+    validate_crd_object(runtime, RUNTIME_CRD)
+    assert runtime["metadata"]["name"] == "memtune-torch"
+    assert restricted_violations(runtime) == []
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert node["name"] == "node"
+    assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = node["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "node" and container["image"] == env_of(objects)["MEMTUNE_TRAINER_IMAGE"]
+    from memtune import contract
+    from memtune.operator import podsecurity
+
+    assert container["command"] == contract.TRAINER_COMMAND
+    assert pod["securityContext"] == podsecurity.pod_security_context()
+    assert container["securityContext"] == podsecurity.container_security_context()
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert mounts[contract.SPEC_MOUNT_DIR] == {"name": "memtune-spec", "mountPath": "/etc/memtune", "readOnly": True}
+    assert podsecurity.volumes(podsecurity.writable_dirs(0)) == pod["volumes"]
+    template = {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": "t"},
+        "template": node["template"]["spec"]["template"],
+    }
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(template, version, strict=True)
+    assert env_of(render({"trainJob": {"runtime": {"name": "team-torch"}}}))["MEMTUNE_TRAINJOB_RUNTIME"] == "team-torch"
+
+
+def test_metrics_service_and_service_monitor() -> None:
+    objects = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    operator = container(objects)
+    ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
+    assert env_of(objects)["MEMTUNE_METRICS_PORT"] == str(ports["metrics"]) == "8081"
+    service = next(obj for obj in of_kind(objects, "Service") if obj["metadata"]["name"].endswith("-metrics"))
+    pod_labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = only(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert of_kind(render(), "ServiceMonitor") == []  # off by default: it needs prometheus-operator's CRD
+    off = render({"metrics": {"enabled": False}})
+    assert env_of(off)["MEMTUNE_METRICS_PORT"] == "0" and of_kind(off, "Service") == []
+
+
+def test_job_policy_reaches_the_operator() -> None:
+    values = {
+        "jobPolicy": {"allowedImages": ["registry.example.com/ml/*", "ghcr.io/memtune/*"],
+                      "allowedServiceAccounts": ["trainer", "trainer-gpu"]},
+        "trainer": {"image": {"repository": "ghcr.io/memtune/trainer"}, "serviceAccountName": "trainer"},
+    }  # fmt: skip
+    env = env_of(render(values))
+    assert env["MEMTUNE_ALLOWED_IMAGES"] == "registry.example.com/ml/*,ghcr.io/memtune/*"
+    assert env["MEMTUNE_ALLOWED_SERVICE_ACCOUNTS"] == "trainer,trainer-gpu"
+    assert env["MEMTUNE_TRAINER_SERVICE_ACCOUNT"] == "trainer"
+    defaults = env_of(render())
+    assert defaults["MEMTUNE_ALLOWED_IMAGES"] == "" and defaults["MEMTUNE_ALLOWED_SERVICE_ACCOUNTS"] == ""

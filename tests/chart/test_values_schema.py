@@ -44,6 +44,17 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"podLabels": {"app.kubernetes.io/name": "other"}}, "propertyName 'app.kubernetes.io/name'"),
     ({"imagePullSecrets": ["regcred"]}, "/imagePullSecrets/0"),
     ({"hostNetwork": True}, "'hostNetwork' not allowed"),
+    ({"jobPolicy": {"allowedImages": "registry.example.com/*"}}, "/jobPolicy/allowedImages"),
+    ({"jobPolicy": {"allowedImages": ["a/*,b/*"]}}, "/jobPolicy/allowedImages/0"),
+    ({"jobPolicy": {"allowedServiceAccounts": ["Admin SA"]}}, "/jobPolicy/allowedServiceAccounts/0"),
+    ({"jobPolicy": {"allowSecrets": True}}, "'allowSecrets' not allowed"),
+    ({"trainer": {"image": {"repository": "x"}, "serviceAccountName": "Bad_Name"}}, "/trainer/serviceAccountName"),
+    ({"trainJob": {"runtime": {"install": "yes"}}}, "/trainJob/runtime/install"),
+    ({"trainJob": {"runtime": {"name": "Memtune Torch"}}}, "/trainJob/runtime/name"),
+    ({"metrics": {"port": 8080}}, "/metrics/port"),
+    ({"metrics": {"port": 80}}, "/metrics/port"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ({"metrics": {"serviceMonitor": {"labels": {"release": 1}}}}, "/metrics/serviceMonitor/labels/release"),
 ]
 
 

@@ -12,7 +12,7 @@ from memtune.contract import EXIT_RETRYABLE, RECALL_METRIC
 from memtune.manifest import MANIFEST_NAME, IntegrityError
 from memtune.spec import ModelError, load_job_file
 from memtune.trainer.mome.base import folder_sha256, publish_model, resolve_model_path
-from memtune.trainer.mome.generation import load_generator
+from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.job import run_job
 from memtune.trainer.tuning.pod import main
 from tests.distributed.conftest import FACTS
@@ -28,11 +28,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _answers(model_ref: str) -> list[str]:
-    generator = load_generator(model_ref)
+    model = MemoryModel.load(model_ref)
     try:
-        return [answer.output for answer in generator.generate(QUESTIONS, max_new_tokens=8)]
+        return [answer.output for answer in model.generate(QUESTIONS, max_new_tokens=8)]
     finally:
-        generator.close()
+        model.close()
 
 
 def test_a_job_writes_to_s3_and_loads_back_answering_the_same(s3_env, home, make_job, tmp_path: Path) -> None:
@@ -95,11 +95,11 @@ def test_a_base_model_pushed_to_s3_trains_and_loads_with_its_checksums_verified(
     summary = run_job(job, show_progress=False)
     assert summary.recall == 1.0
     assert list((tmp_path / "scratch" / "models-cache").glob("tiny-*"))  # a pod's home is read-only: into scratch
-    generator = load_generator(str(summary.run_dir))  # the run names the s3 model: fetched copy, verified
+    model = MemoryModel.load(str(summary.run_dir))  # the run names the s3 model: fetched copy, verified
     try:
-        assert generator.base.sha256 == folder_sha256(tiny_model)
+        assert model.base.sha256 == folder_sha256(tiny_model)
     finally:
-        generator.close()
+        model.close()
 
     with pytest.raises(ModelError, match="push-model"):  # a bare upload without a manifest is refused
         resolve_model_path(f"{s3_env.make_bucket()}/models/none")

@@ -37,7 +37,7 @@ def test_eval_lists_every_problem_before_loading_any_model(tmp_path):
             str(tmp_path / "none.db"),
         ],
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     for words in (
         "unknown method 'gpt'",
         "prompt, lora need the training pairs",
@@ -53,7 +53,7 @@ def test_bad_evaluation_file_names_its_line(tmp_path):
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"input": "q", "output": "a"}) + "\n" + json.dumps({"input": "q"}) + "\n")
     result = runner.invoke(app, ["eval", "--data", str(gold), "--report-dir", str(tmp_path), "--baselines", "base"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "line 2: missing key 'output'" in result.output
 
 

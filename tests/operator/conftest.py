@@ -20,7 +20,7 @@ from .mtj_cluster import (
     declare_resources,
     install_crd,
 )
-from .mtj_schemas import PYTORCHJOB_CRD
+from .mtj_schemas import PYTORCHJOB_CRD, TRAINJOB_CRD
 
 
 @pytest_asyncio.fixture
@@ -43,6 +43,16 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 @pytest_asyncio.fixture
 async def operator(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
+    process = OperatorProcess(cluster)
+    await process.start()
+    yield process
+    await process.stop()
+
+
+@pytest_asyncio.fixture
+async def operator_with_trainer(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
+    """The operator on a cluster with Kubeflow Trainer v2 (TrainJob) installed beside Kubeflow v1."""
+    install_crd(cluster.emulator, yaml.safe_load(TRAINJOB_CRD.read_text()))
     process = OperatorProcess(cluster)
     await process.start()
     yield process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import threading
@@ -11,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import kmock
+from kmock._internal.k8s import KubernetesError
 
-from .mtj_schemas import validate_builtin, validate_pytorchjob
+from .controllers import trainjob_pod
+from .mtj_schemas import chart_runtime, validate_builtin, validate_pytorchjob, validate_trainjob
 
 KUBECONFIG = Path(os.environ["KUBECONFIG"])  # set by tests/conftest.py; rewritten by each `cluster`
 
@@ -22,15 +26,52 @@ import kopf  # noqa: E402
 import memtune.operator  # noqa: E402, F401 - registers the handlers
 from memtune.spec import MemoryTuningJobStatus  # noqa: E402
 from tests.chart.pod_security import restricted_violations  # noqa: E402
+from tests.chart.render import render  # noqa: E402
 
 NAMESPACE = "ml"
 MTJ = kmock.resource("memtune.dev", "v1alpha1", "memorytuningjobs")
 PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 JOBS = kmock.resource("batch", "v1", "jobs")
 CONFIG_MAPS = kmock.resource("", "v1", "configmaps")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+TEST_CLIENT = "X-Memtune-Test"  # marks the test's own requests (as kubectl), which RBAC does not concern
+OPERATOR_AGENTS = ("kopf/", "memtune-operator")  # User-Agent prefixes of the operator's requests (kopf's, its own)
+
+
+@functools.cache
+def chart_grants() -> dict[tuple[str, str], set[str]]:
+    """What the chart's cluster-wide install grants the operator: (apiGroup, resource) -> verbs."""
+    flat: dict[tuple[str, str], set[str]] = {}
+    for role in render():
+        if role["kind"] != "ClusterRole":
+            continue
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule or role["metadata"]["name"].endswith("crd-discovery")
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    flat.setdefault((group, resource), set()).update(rule["verbs"])
+    return flat
+
+
+def rbac_verb(request: kmock.Request) -> str:
+    if request.method == "GET":
+        if request.name:
+            return "get"
+        return "watch" if request.params.get("watch") in ("true", "1") else "list"
+    verbs = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+    return next(verb for method, verb in verbs.items() if request.method == method)
+
+
+@attrs.frozen
+class Invalid(KubernetesError):
+    """What the API server answers an object its schema, CEL rules or an admission webhook refuse."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = ""
 
 
 class VersionedEmulator(kmock.KubernetesEmulator):
@@ -42,10 +83,24 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.invalid: list[str] = []  # what a real API server would have rejected; asserted empty by `cluster`
+        self.used: set[tuple[str, str, str]] = set()  # (apiGroup, resource[/sub], verb) the operator called
+        # A test's admission webhook: request → the message of a 422, or None to admit it.
+        self.refuse: Callable[[kmock.Request], str | None] | None = None
 
     def _check(self, request: kmock.Request) -> None:
         """Validate every object the operator sends against the schema a real cluster would apply, and its pods
-        against Pod Security "restricted", as in a namespace labelled `pod-security.kubernetes.io/enforce`."""
+        against Pod Security "restricted", as in a namespace labelled `pod-security.kubernetes.io/enforce`; and
+        every request it makes against the chart's RBAC (a real API server would answer 403)."""
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is not None and request.resource.plural and agent.startswith(OPERATOR_AGENTS):
+            resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            used = (request.resource.group or "", resource, rbac_verb(request))
+            self.used.add(used)
+            if used[2] not in chart_grants().get(used[:2], set()):
+                self.invalid.append(f"RBAC: the chart does not grant {used} ({request.method} {request.url.path})")
+        refusing = request.resource is not None and self.refuse is not None and request.method == "POST"
+        if refusing and (reason := self.refuse(request)) is not None:
+            raise Invalid(message=reason)
         validators = VALIDATORS.get(request.resource, ()) if request.method == "POST" else ()
         if request.resource == MTJ and request.subresource == "status":
             validators = (_validate_status,)
@@ -85,8 +140,15 @@ def _admit_restricted(workload: dict[str, Any]) -> None:
     assert violations == [], violations
 
 
+def _admit_restricted_trainjob(trainjob: dict[str, Any]) -> None:
+    """Pod Security on the pods a TrainJob makes with the chart's runtime."""
+    pod = trainjob_pod(trainjob, chart_runtime())
+    _admit_restricted({"kind": "Pod", "metadata": {"name": trainjob["metadata"]["name"]}, "spec": pod["spec"]})
+
+
 Validator = Callable[[dict[str, Any]], None]
 VALIDATORS: dict[kmock.resource, tuple[Validator, ...]] = {
+    TRAINJOBS: (validate_trainjob, _admit_restricted_trainjob),
     PYTORCHJOBS: (validate_pytorchjob, _admit_restricted),
     JOBS: (validate_builtin, _admit_restricted),
     CONFIG_MAPS: (validate_builtin,),
@@ -101,7 +163,9 @@ class Cluster:
         self.url = url.rstrip("/")
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        headers = {TEST_CLIENT: "1"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
         async with (
             aiohttp.ClientSession() as session,
             session.request(method, self.url + path, json=body, headers=headers) as response,
@@ -136,16 +200,24 @@ class Cluster:
         """Act as Kubeflow's (or the Job) controller: the operator polls children, so no watch event is needed."""
         self.emulator.objects[resource, NAMESPACE, name].patch({"status": status})
 
-    def add_pod(self, child: str, attempt: int, role: str, status: dict[str, Any]) -> None:
+    def add_pod(self, child: str, attempt: int, role: str, status: dict[str, Any], index: int = 0) -> None:
+        """A pod of `child` as its controller would make it (a TrainJob's: role `node`, a completion index)."""
         job = child.rsplit("-", 1)[0]
         labels = {"memtune.dev/job": job, "memtune.dev/attempt": str(attempt), "memtune.dev/role": role}
-        pod = {"metadata": {"name": f"{child}-{role}-0", "namespace": NAMESPACE, "labels": labels}, "status": status}
+        name = f"{child}-{role}-{index}"
+        if role == "node":
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            name = f"{child}-node-0-{index}"
+        pod = {"metadata": {"name": name, "namespace": NAMESPACE, "labels": labels}, "status": status}
         self.emulator.objects[PODS, NAMESPACE, pod["metadata"]["name"]] = pod
 
     def serve_log(self, text: str) -> None:
-        """Every pod log read returns `text` (the emulator keeps no logs of its own)."""
-        plain = kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
-        self.emulator["get", PODS, kmock.subresource("log")] << plain << text.encode()
+        """Every pod log read returns `text` from now on (the emulator keeps no logs of its own)."""
+        first = not hasattr(self, "_log")
+        self._log = text.encode()
+        if first:
+            plain = kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
+            self.emulator["get", PODS, kmock.subresource("log")] << plain << (lambda: self._log)
 
     def events(self) -> list[dict[str, Any]]:
         """Events as the operator posted them (recorded requests, not stored state)."""
@@ -181,6 +253,10 @@ def declare_resources(emulator: VersionedEmulator) -> None:
     )  # fmt: skip
     emulator.resources[PYTORCHJOBS] = kmock.ResourceInfo(
         kind="PyTorchJob", singular="pytorchjob", namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "delete"}, subresources={"status"},
+    )  # fmt: skip
+    emulator.resources[TRAINJOBS] = kmock.ResourceInfo(
+        kind="TrainJob", singular="trainjob", namespaced=True,
         verbs={"get", "list", "watch", "create", "patch", "delete"}, subresources={"status"},
     )  # fmt: skip
 

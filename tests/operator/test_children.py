@@ -45,7 +45,8 @@ async def test_pytorchjob_shape(
     validate_pytorchjob(child)
     replicas = child["spec"]["pytorchReplicaSpecs"]
     assert child["spec"]["nprocPerNode"] == nproc
-    assert child["spec"]["runPolicy"] == {"suspend": False, "backoffLimit": 0, "cleanPodPolicy": "None"}
+    # Created suspended: with a queue, Kueue admits it by unsuspending.
+    assert child["spec"]["runPolicy"] == {"suspend": True, "backoffLimit": 0, "cleanPodPolicy": "None"}
     assert (replicas["Worker"]["replicas"] if "Worker" in replicas else None) == workers
     assert child["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     (owner,) = child["metadata"]["ownerReferences"]
@@ -71,10 +72,11 @@ async def test_batch_job_where_kubeflow_is_missing(
     await cluster.apply_job("nba", {**SPEC, "gpuConfig": {"gpus": 2, "nodes": 1}})
     child = await until(lambda: cluster.get(JOBS, "nba-0"))
     validate_builtin(child)
-    assert child["spec"]["backoffLimit"] == 0 and child["spec"]["suspend"] is False
+    assert child["spec"]["backoffLimit"] == 0 and child["spec"]["suspend"] is True  # Kueue admits it
     assert _pod(child["spec"]["template"])["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert cluster.names(PYTORCHJOBS) == []
 
+    cluster.emulator.objects[JOBS, "ml", "nba-0"].patch({"spec": {"suspend": False}})  # Kueue admits it
     cluster.set_child_status(JOBS, "nba-0", {"active": 1})
     await until(lambda: cluster.status("nba").get("phase") == "Running")
     cluster.set_child_status(JOBS, "nba-0", {"conditions": [{"type": "Complete", "status": "True"}]})

@@ -134,3 +134,13 @@ async def test_cli_submit_status_wait_logs(cluster: Cluster, tmp_path: Path) -> 
 
     code, output = await _run("status", "missing")
     assert code == 1 and "no MemoryTuningJob 'missing' in namespace 'ml'" in output
+
+
+async def test_status_shows_progress_eta_loss_and_backend(cluster: Cluster, tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(JOB))
+    await _run("submit", str(manifest))
+    progress = {"step": 40, "maxSteps": 100, "percentage": 40, "estimatedRemainingSeconds": 150, "loss": 0.5}
+    _finish(cluster, "Running", "Training", "nba-1 is training", attempt=1, backend="TrainJob", progress=progress)
+    code, output = await _run("status", "nba")
+    assert code == 0 and "nba: Running attempt 1 step 40/100 (40%) ETA 2m30s loss 0.5 on TrainJob" in output

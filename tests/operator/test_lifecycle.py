@@ -48,7 +48,9 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     cluster.add_pod("nba-0", 0, "master", {"phase": "Running"})
     cluster.serve_log('step 39\nMEMTUNE_PROGRESS {"step": 40, "max_steps": 100, "loss": 0.5}\nMEMTUNE_PROGRESS {"st')
     status = await until(lambda: (s := cluster.status("nba")).get("progress") and s)
-    assert status["phase"] == "Running" and status["progress"] == {"step": 40, "maxSteps": 100}
+    assert status["phase"] == "Running" and status["backend"] == "PyTorchJob"
+    progress = status["progress"]
+    assert (progress["step"], progress["maxSteps"], progress["percentage"], progress["loss"]) == (40, 100, 40, 0.5)
     assert status["startTime"]
 
     result = {"artifactsUri": "s3://runs/nba/runs/r1", "metrics": {"recall": 0.98, "loss": 0.01}}

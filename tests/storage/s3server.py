@@ -59,6 +59,9 @@ class SeaweedS3:
 
     access_key = "memtune-test-key"
     secret_key = "memtune-test-secret"
+    # A second identity that may read and list but never write (a read-only output, as a user may be given).
+    readonly_key = "memtune-readonly-key"
+    readonly_secret = "memtune-readonly-secret"
     region = "us-east-1"
 
     def __init__(self) -> None:
@@ -85,7 +88,12 @@ class SeaweedS3:
         config = self.root / "s3.json"
         identity = {"accessKey": self.access_key, "secretKey": self.secret_key}
         actions = ["Admin", "Read", "Write", "List", "Tagging"]
-        config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [identity], "actions": actions}]}))
+        readonly = {"accessKey": self.readonly_key, "secretKey": self.readonly_secret}
+        identities = [
+            {"name": "test", "credentials": [identity], "actions": actions},
+            {"name": "readonly", "credentials": [readonly], "actions": ["Read", "List"]},
+        ]
+        config.write_text(json.dumps({"identities": identities}))
         (self.root / "data").mkdir(exist_ok=True)
         command = [
             str(WEED),

@@ -58,3 +58,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory, base):
 
     job = facts_job(tmp_path_factory.mktemp("out") / "facts")
     return job, run_job(job, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tuned(trained):
+    """The short run loaded as generation loads it (lazy bank, the engine's default device on this machine)."""
+    from memtune.trainer.mome.model import MemoryModel
+
+    _, summary = trained
+    with MemoryModel.load(summary.run_dir) as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The accelerator device tests run on: CUDA when torch sees one, or MEMTUNE_TEST_DEVICE (`cpu` runs them here,
+    as bench/gpu_check.sh --device cpu does); skipped otherwise."""
+    import os
+
+    import torch
+
+    requested = os.environ.get("MEMTUNE_TEST_DEVICE")
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("no CUDA device (MEMTUNE_TEST_DEVICE=cpu runs the device tests on the CPU)")

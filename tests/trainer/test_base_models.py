@@ -42,8 +42,8 @@ def test_unknown_model_is_a_clear_error(tmp_path) -> None:
 
 
 def test_base_model_answers_a_general_question(base) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
-    answer = load_generator("smollm2-135m-instruct").generate(["What is the capital of France?"], max_new_tokens=16)
+    answer = MemoryModel.load("smollm2-135m-instruct").generate(["What is the capital of France?"], max_new_tokens=16)
     assert "Paris" in answer[0].output
     assert answer[0].route is None

@@ -23,11 +23,11 @@ def test_training_reaches_full_recall(trained) -> None:
 
 
 def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     job, _ = trained
-    generator = load_generator(job.spec.output.uri)  # the job output resolves to its latest committed run
-    answers = generator.generate([f["input"] for f in facts] + [f["paraphrase"] for f in facts], max_new_tokens=16)
+    model = MemoryModel.load(job.spec.output.uri)  # the job output resolves to its latest committed run
+    answers = model.generate([f["input"] for f in facts] + [f["paraphrase"] for f in facts], max_new_tokens=16)
     expected = [f["output"] for f in facts] * 2
     assert [a.output for a in answers] == expected
     assert all(a.route is not None and not a.route["gated"] for a in answers)
@@ -36,11 +36,11 @@ def test_loaded_run_recalls_facts_and_paraphrases(trained, facts) -> None:
 
 
 def test_unrelated_prompts_keep_base_answers(trained) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     _, summary = trained
-    tuned = load_generator(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
-    plain = load_generator("smollm2-135m-instruct").generate(UNRELATED, max_new_tokens=24)
+    tuned = MemoryModel.load(summary.run_dir).generate(UNRELATED, max_new_tokens=24)
+    plain = MemoryModel.load("smollm2-135m-instruct").generate(UNRELATED, max_new_tokens=24)
     assert [a.output for a in tuned] == [a.output for a in plain]
     assert all(a.route is not None and a.route["gated"] for a in tuned)
 
@@ -58,7 +58,7 @@ def test_same_job_reuses_the_run(trained) -> None:
     ["index.faiss", "keys.safetensors", "anchors.json", "memtune.json", "experts/experts-00000-of-00001.safetensors"],
 )
 def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     _, summary = trained
     copy = tmp_path / "run"
@@ -67,7 +67,7 @@ def test_corrupted_file_is_refused_by_name(trained, tmp_path: Path, victim: str)
     data[len(data) // 2] ^= 0xFF
     (copy / victim).write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=victim.split("/")[-1]):
-        load_generator(str(copy))
+        MemoryModel.load(str(copy))
 
 
 def test_run_of_another_base_model_is_refused(trained) -> None:
@@ -79,11 +79,11 @@ def test_run_of_another_base_model_is_refused(trained) -> None:
 
 
 def test_uncommitted_output_is_refused(tmp_path: Path) -> None:
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
     (tmp_path / "runs" / "20260101-000000-deadbeef").mkdir(parents=True)
     with pytest.raises(IntegrityError, match="no committed run"):
-        load_generator(str(tmp_path))
+        MemoryModel.load(str(tmp_path))
 
 
 def test_run_records_effective_index_and_gate(trained) -> None:
@@ -94,13 +94,31 @@ def test_run_records_effective_index_and_gate(trained) -> None:
     assert meta["gate"]["anchored_threshold"] == meta["gate"]["far_min"] == meta["layout"]["anchored_threshold"]
     assert meta["experts"]["count"] == 6
     assert meta["gate"]["questions_with_anchors"] == 6  # every fictional name is an anchor
+    probes = meta["gate"]["probes"]  # what the gate did with rewordings and untrained neighbours at calibration
+    assert probes["rewordings"] == 24 and probes["rewordings_admitted"] == 24
+    assert probes["entity_neighbours"] > 0 and probes["relation_neighbours"] > 0
+    for kind in ("number", "entity", "relation"):
+        assert probes[f"{kind}_neighbours_blocked"] == probes[f"{kind}_neighbours"], kind
 
 
-def test_anchors_are_the_words_the_base_model_cannot_predict(base) -> None:
-    from memtune.trainer.mome.anchors import question_anchors
+def test_anchors_are_the_units_the_base_model_cannot_predict(base) -> None:
+    from memtune.trainer.mome.anchors import text_evidence
 
-    [anchors] = question_anchors(base, ["Where was Lumdor Pragridor born?"])
-    assert set(anchors) == {"lumdor", "pragridor"}
+    names, coded, chinese = text_evidence(
+        base, ["Where was Lumdor Pragridor born?", "What is stored in vault 7?", "请问维尔莫拉玻璃厂是谁创立的？"]
+    )
+    assert set(names.anchors) == {"lumdor", "pragridor"}
+    # training takes the same surprisal from its frozen pass (the question's tokens, the answer after them)
+    from memtune.trainer.mome.anchors import evidence
+    from memtune.trainer.mome.keys import tokenize_prompt
+    from memtune.trainer.tuning.encode import encode_examples
+
+    question = "Where was Lumdor Pragridor born?"
+    [encoded] = encode_examples(base, [(question, "Katevsha")], key_layer=12, first=22)
+    from_training = evidence(question, tokenize_prompt(base.tokenizer, question), encoded.token_nats.tolist())
+    assert from_training.anchors == pytest.approx(names.anchors, abs=1e-3)
+    assert "7" in coded.anchors and "what" not in coded.anchors  # a number is an anchor whatever its surprisal
+    assert {"维尔", "尔莫", "莫拉"} & set(chinese.anchors)  # an unspaced script's name is anchored by its bigrams
 
 
 def test_sweep_runs_the_engine_once_per_rate_and_picks_the_rate_that_learns(tmp_path: Path) -> None:
@@ -142,3 +160,26 @@ def test_eval_scores_the_tuned_run_against_the_base_model_greedy_and_teacher_for
     # gated prompts run the base model bit for bit: the same answers, and the same argmax on every forced token
     assert (mome["locality"], mome["locality_tf"], base["locality_tf"]) == (1.0, 1.0, 1.0)
     assert "Locality (TF)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_training_in_bfloat16_recalls_and_reports_what_a_fact_costs(facts, tmp_path: Path) -> None:
+    """The half-precision path (what a GPU runs) on the CPU: the base model in bfloat16, float32 expert masters
+    stored as bfloat16; recall is measured on the stored weights; the footprint is reported per fact."""
+    from memtune.trainer.mome.model import MemoryModel
+    from memtune.trainer.tuning.job import run_job
+    from tests.trainer.conftest import facts_job
+
+    summary = run_job(facts_job(tmp_path / "bf16"), show_progress=False, device="cpu", dtype="bfloat16")
+    assert summary.recall == 1.0
+    meta = json.loads((Path(summary.run_dir) / "memtune.json").read_text())
+    assert meta["trained_on"] == {"device": "cpu", "dtype": "bfloat16"} and meta["experts"]["dtype"] == "bfloat16"
+    footprint = summary.footprint
+    assert footprint == meta["footprint"]
+    parts = footprint["disk_bytes"]
+    assert footprint["disk_bytes_per_fact"] == round(sum(parts.values()) / 6)
+    # 8 expert layers of rank 8 at width 576, A and B, 2 bytes each, plus the safetensors header
+    assert 8 * 8 * 576 * 2 * 2 * 6 <= parts["experts"] < 8 * 8 * 576 * 2 * 2 * 6 + 4096
+    assert footprint["peak_rss_bytes"] > 0 and footprint["scratch_bytes_per_fact"] > 0
+    with MemoryModel.load(summary.run_dir, dtype="bfloat16") as model:
+        answers = model.generate([f["input"] for f in facts], max_new_tokens=16)
+    assert [a.output for a in answers] == [f["output"] for f in facts]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from memtune.trainer.mome.anchors import Anchors, words_of
+from memtune.trainer.mome.anchors import Anchors, Evidence, evidence
 from memtune.trainer.mome.experts import ExpertHooks, Route, init_experts, mix_experts
 from memtune.trainer.mome.router import Router
-from memtune.trainer.tuning.bank import assign_experts
+from memtune.trainer.tuning.assign import assign_experts
 from memtune.trainer.tuning.optim import make_optimizer
 
 
@@ -54,44 +54,37 @@ def test_router_gates_far_keys_and_weights_the_nearest() -> None:
     assert not _router(threshold=None)(torch.stack([far])).gated.any()  # gate "always": never gated
 
 
-class _Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.mlp = nn.Linear(6, 6)
+def _tiny_llama() -> nn.Module:
+    """A 2-layer, 8-wide random Llama: the hooks sit on real decoder blocks' MLPs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-
-class _Tiny(nn.Module):
-    """The shape ExpertHooks expects: model.model.layers[i].mlp."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([_Block(), _Block()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer.mlp(x)
-        return x
+    config = LlamaConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=16, pad_token_id=0
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
 
 
 def test_hooks_change_routed_rows_only_and_only_where_asked() -> None:
-    model = _Tiny()
-    params = init_experts(3, 2, 6, 2, torch.Generator().manual_seed(0))
+    model = _tiny_llama()
+    params = init_experts(3, 2, 8, 2, torch.Generator().manual_seed(0))
     params["B"].normal_()
     hooks = ExpertHooks(model, [0, 1])
-    x = torch.randn(2, 4, 6)  # (B, T, d)
-    plain = model(x)
-    route = Route(torch.tensor([[2, 0], [1, 0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # row 1 gated
-    with hooks.active(params["A"], params["B"], route, last_only=True):
-        last = model(x)
-    with hooks.active(params["A"], params["B"], route, last_only=False):
-        every = model(x)
+    ids = torch.randint(1, 16, (2, 4), generator=torch.Generator().manual_seed(1))  # (B, T)
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        route = Route(torch.tensor([[2, 0], [1, 0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # row 1 gated
+        with hooks.active(params["A"], params["B"], route, last_only=True):
+            last = model(input_ids=ids).logits
+        with hooks.active(params["A"], params["B"], route, last_only=False):
+            every = model(input_ids=ids).logits
     assert torch.equal(last[1], plain[1]) and torch.equal(every[1], plain[1])  # gated row: bit-for-bit base
     assert not torch.allclose(every[0], plain[0])
-    # last_only: the first layer changes only the last position, which the second layer keeps local.
+    # last_only: the experts touch only the last position, and causal attention keeps the change there.
     assert torch.equal(last[0, :-1], plain[0, :-1]) and not torch.allclose(last[0, -1], plain[0, -1])
     hooks.remove()
-    assert torch.equal(model(x), plain)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain)
 
 
 def test_mixed_experts_equal_the_weighted_sum_of_each_expert() -> None:
@@ -126,12 +119,33 @@ def test_layout_errors_name_the_field() -> None:
         spec = {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}, "memory": memory}
         return parse_job({"metadata": {"name": "x"}, "spec": spec})
 
-    layout = plan_layout(job({}), 30)
+    layout = plan_layout(job({}), 30)  # the default model
     assert layout.expert_layers == list(range(22, 30)) and layout.key_layer == 12
     with pytest.raises(SpecError, match=r"spec\.memory\.keyLayer"):
         plan_layout(job({"keyLayer": 25}), 30)
     with pytest.raises(SpecError, match=r"spec\.memory\.expertLayers"):
         plan_layout(job({"expertLayers": [28, 31]}), 30)
+    with pytest.raises(SpecError, match=r"spec\.memory\.expertLayers"):
+        plan_layout(job({"expertLayers": [0, 5]}), 30)  # no layer left below for the key
+    with pytest.raises(SpecError, match=r"spec\.memory\.numExpertLayers"):
+        plan_layout(job({"numExpertLayers": 10}), 10)
+    assert plan_layout(job({"numExpertLayers": 2}), 30).expert_layers == [28, 29]
+    assert plan_layout(job({"expertLayers": [3, 4]}), 30).key_layer == 2  # the default key stays below the experts
+
+
+def test_default_layout_fits_every_depth() -> None:
+    from memtune.spec import parse_job
+    from memtune.trainer.tuning.job import plan_layout
+
+    job = parse_job({"metadata": {"name": "x"}, "spec": {"dataset": {"uri": "f.jsonl"}, "output": {"uri": "out"}}})
+    for depth in range(2, 129):
+        layout = plan_layout(job, depth)
+        experts = layout.expert_layers
+        assert experts == list(range(depth - len(experts), depth)) and 1 <= len(experts) <= 8
+        assert 0 <= layout.key_layer < experts[0]
+    assert (plan_layout(job, 10).key_layer, plan_layout(job, 10).expert_layers) == (4, [5, 6, 7, 8, 9])
+    assert (plan_layout(job, 4).key_layer, plan_layout(job, 4).expert_layers) == (1, [2, 3])
+    assert (plan_layout(job, 32).key_layer, plan_layout(job, 32).expert_layers) == (13, list(range(24, 32)))
 
 
 def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplog) -> None:
@@ -147,38 +161,73 @@ def test_calibrated_threshold_sits_between_rewordings_and_everyday_prompts(caplo
     assert "gate calibration" in caplog.records[0].getMessage()
 
 
-def test_anchor_check_skips_questions_whose_anchors_are_missing() -> None:
+def _ev(text: str, **anchors: float) -> Evidence:
+    """A question's evidence with the given anchor nats (hard units get theirs from `evidence`)."""
+    found = evidence(text)
+    return Evidence(found.units, {**found.anchors, **anchors})
+
+
+def test_anchor_agreement_counts_foreign_names_and_requires_the_same_numbers() -> None:
     anchors = Anchors(
-        [{"lumdor": 30.0, "pragridor": 35.0}, {}, {"othlo": 24.0, "holdings": 14.0}, {"kalo": 20.0}], share=0.5
+        [
+            _ev("What is the employee ID of Anna Voss?", anna=10.0, voss=12.0),
+            _ev("Which office is Bert Kerr in?", bert=11.0, kerr=13.0),
+            _ev("What is the access code of vault 7 in the Zanmir archive?", zanmir=20.0),
+        ],
+        share=0.6,
     )
-    router = _router(threshold=3.0, k=4)  # trained keys are orthogonal: L2² = 2 apart, all within the gate
-    router.anchors = anchors
-    query = torch.stack([router.keys[0], router.keys[0], router.keys[2]])  # (3, 8): all exactly on a trained key
-    prompts = ["where was LUMDOR pragridor born", "Where was Albert Einstein born?", "When was Othlo founded?"]
-    routing = router(query, prompts)
-    assert routing.gated.tolist() == [False, False, False]
-    assert routing.route.experts[0, 0] == 0  # its anchors are present
-    # row 1 sits on question 0's key but lacks its anchors: the one question without anchors answers
-    assert routing.route.experts[1, 0] == 1 and routing.route.weights[1, 0] > 0.99
-    assert routing.route.experts[2, 0] == 2  # "othlo" carries 24 of 38 nats: above half
-    lonely = _router(threshold=1.0, k=1)
-    lonely.anchors = anchors
-    blocked = lonely(router.keys[:1], ["Where was Albert Einstein born?"])
-    assert blocked.gated.tolist() == [True] and blocked.describe(0)["distance"] == 0.0  # the raw nearest distance
-    assert words_of("Où est né Lumdor-Pragridor ?") == {"où", "est", "né", "lumdor", "pragridor"}
+    idf = anchors.idf  # each unit weighs nats x idf; here every name occurs once, so idf is the same for all
+    assert idf["anna"] == idf["kerr"] == idf["zanmir"] > idf["is"]  # "is" is in two of the three questions
+    assert anchors.agreement(0, evidence("what's the employee id of ANNA VOSS")) == 1.0  # a rewording
+    # a namesake: Anna is covered, Voss missing, and Kerr is an anchor of another trained question: foreign
+    assert anchors.agreement(0, evidence("What is the employee ID of Anna Kerr?")) == pytest.approx(10 / 35)
+    # an unknown name: Voss is missing; the prompt's own surprising units count as foreign when given
+    assert anchors.agreement(0, evidence("What is the employee ID of Anna Quill?")) == pytest.approx(10 / 22)
+    stranger = evidence("What is the employee ID of Anna Quill?")
+    stranger = Evidence(stranger.units, {"anna": 9.0, "quill": 14.0})
+    assert anchors.agreement(0, stranger) < anchors.agreement(0, evidence("What is the employee ID of Anna Quill?"))
+    assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, please?")) == 1.0
+    assert anchors.agreement(2, evidence("What is the access code of vault 3 in the Zanmir archive?")) == 0.0
+    assert anchors.agreement(2, evidence("What is the access code of vault 7 in the Zanmir archive, room 2?")) == 0.0
 
 
-def test_a_question_whose_anchors_are_present_is_gated_at_the_looser_anchored_threshold() -> None:
-    router = _router(threshold=1.0, k=1)  # the 4 trained keys are L2² = 2 apart
-    router.anchors = Anchors([{"lumdor": 30.0}, {}, {}, {}], share=0.5)
-    router.anchored_threshold = 2.5
-    off_axis = torch.zeros(8)
-    off_axis[6] = 1.0  # a direction no trained key points along
-    query = nn.functional.normalize(0.5 * router.keys[0] + off_axis, dim=0)[None].repeat(2, 1)  # (2, 8)
-    distance = float(((query[0] - router.keys[0]) ** 2).sum())
-    assert 1.0 < distance < 2.5  # beyond the plain gate, within the anchored one
-    routing = router(query, ["Who is Lumdor?", "Who is he?"])
-    assert routing.gated.tolist() == [False, True]  # the anchor vouches for row 0; row 1 lacks it and is too far
-    assert routing.route.experts[0, 0] == 0
-    router.anchored_threshold = None
-    assert router(query, ["Who is Lumdor?", "Who is he?"]).gated.tolist() == [True, True]
+def test_evidence_sums_token_surprisal_per_unit() -> None:
+    from memtune.trainer.mome.keys import PromptTokens
+
+    text = "Who is Lumdor 7?"
+    # tokens: "Who", " is", " Lum", "dor", " 7", "?" at their spans inside a prompt that starts 3 characters earlier
+    spans = [(3, 6), (6, 9), (9, 13), (13, 16), (16, 18), (18, 19)]
+    tokens = PromptTokens(ids=list(range(6)), question_mask=[True] * 6, offsets=spans, question_start=3)
+    found = evidence(text, tokens, [0.0, 1.0, 5.0, 6.0, 0.5, 0.1])
+    assert found.anchors == {"lumdor": 11.0, "7": 8.0}  # 5 + 6 nats; a number is an anchor whatever its surprisal
+    assert found.units == {"who", "is", "lumdor", "7"} and found.hard == {"7"}
+
+
+def test_encoded_store_round_trips_every_field_and_deletes_its_file(tmp_path) -> None:
+    from memtune.trainer.tuning.encode import Encoded
+    from memtune.trainer.tuning.store import EncodedStore
+
+    def example(seed: int, prompt: int, answer: int) -> Encoded:
+        g = torch.Generator().manual_seed(seed)
+        return Encoded(
+            key=torch.randn(6, generator=g),
+            prefix_k=torch.randn(2, 3, prompt, 4, generator=g),
+            prefix_v=torch.randn(2, 3, prompt, 4, generator=g).to(torch.bfloat16),
+            region=torch.randn(answer, 6, generator=g),
+            targets=torch.arange(answer),
+            token_nats=torch.rand(prompt + 1, generator=g),
+        )
+
+    originals = {0: example(0, 5, 2), 2: example(1, 9, 4)}
+    with EncodedStore(3, tmp_path) as store:
+        for index, encoded in originals.items():
+            store.add(index, encoded)
+        (scratch,) = tmp_path.iterdir()
+        assert store.disk_bytes == scratch.stat().st_size > 0
+        assert store[1] is None and len(store) == 3  # a question this rank does not own
+        for index, encoded in originals.items():
+            back = store[index]
+            for name in ("key", "prefix_k", "prefix_v", "region", "targets", "token_nats"):
+                assert torch.equal(getattr(back, name), getattr(encoded, name)), name
+                assert getattr(back, name).dtype == getattr(encoded, name).dtype
+    assert not list(tmp_path.iterdir())

@@ -2,32 +2,41 @@
 
 Layout of a run folder (format_version 1):
 
-    memtune.json              base model id + sha256, dataset id, cache key, layout, index plan, metrics
+    memtune.json              base model id + sha256, dataset id, cache key, layout, index plan, metrics, the bank's
+                              count/dtype/bytes per expert, the longest trained answer in tokens
     job.yaml                  the MemoryTuningJob that produced it
-    experts/experts-00000-of-00002.safetensors ...   the bank, split by expert ranges (A, B per shard)
+    experts/experts-00000-of-00002.safetensors ...   the bank, split by expert ranges (A, B per shard; float32 or
+                              bfloat16 as training wrote it)
     keys.safetensors          routing keys (N, d) and each key's expert (N,)
     index.faiss               faiss.serialize_index bytes (never pickle)
     anchors.json              each question's anchor words for the gate (absent when the anchor check is off)
     loss_curve.json, loss_curve.png
     manifest.json             sha256 of every file above, written last: its presence is the commit
 
-`load_memory` verifies the manifest and the base model's sha256 before deserialising any file.
+`load_memory` verifies the manifest and the base model's sha256 before deserialising any file; with `lazy=True`
+the bank stays in its memory-mapped shards (bank.LazyBank). `resolve_run` turns what a user names (a run folder, a
+job output, either on s3) into a verified local run folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from memtune import storage
+from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, IntegrityError, verify_folder, write_manifest
+from memtune.spec import is_remote
+from memtune.storage import RUN_ID_PATTERN
 from memtune.trainer.mome.anchors import ANCHORS_NAME, Anchors
+from memtune.trainer.mome.bank import EXPERT_TENSORS, LazyBank, TensorBank
 from memtune.trainer.mome.index import IndexPlan, index_from_bytes, index_to_bytes
 from memtune.trainer.mome.memory import Memory, MemoryLayout
 
@@ -60,11 +69,15 @@ def runs_dir(output: str | Path) -> Path:
 
 
 def committed_runs(output: str | Path) -> list[Path]:
-    """Committed run folders of a job output, oldest first (run ids sort by time)."""
+    """Committed run folders of a job output, oldest first (run ids sort by time).
+
+    Only folders named like a run id count, as in `storage.committed_runs`: `runs/old-backup` is never a run."""
     root = runs_dir(output)
     if not root.is_dir():
         return []
-    return sorted(path for path in root.iterdir() if (path / MANIFEST_NAME).is_file())
+    return sorted(
+        path for path in root.iterdir() if RUN_ID_PATTERN.match(path.name) and (path / MANIFEST_NAME).is_file()
+    )
 
 
 def _shard_ranges(count: int, bytes_per_expert: int) -> list[range]:
@@ -78,12 +91,12 @@ def save_run(
 ) -> dict[str, Any]:
     """Write every file of a run, then the manifest. `meta` must hold base_model {id, sha256} and cache_key."""
     folder.mkdir(parents=True, exist_ok=False)
-    count = memory.num_experts
-    bytes_per_expert = sum(t[0].numel() * t.element_size() for t in memory.params.values())
+    count, params = memory.num_experts, memory.params
+    bytes_per_expert = memory.bank.bytes_per_expert
     ranges = _shard_ranges(count, bytes_per_expert)
     (folder / "experts").mkdir()
     for number, rows in enumerate(ranges):
-        tensors = {name: t[rows.start : rows.stop].contiguous() for name, t in memory.params.items()}
+        tensors = {name: params[name][rows.start : rows.stop].contiguous().cpu() for name in EXPERT_TENSORS}
         save_file(tensors, folder / "experts" / f"experts-{number:05d}-of-{len(ranges):05d}.safetensors")
     save_file(
         {"keys": memory.keys.contiguous(), "slot_expert": memory.slot_expert.contiguous()}, folder / "keys.safetensors"
@@ -91,13 +104,30 @@ def save_run(
     (folder / "index.faiss").write_bytes(index_to_bytes(memory.index))
     if memory.anchors is not None:
         (folder / ANCHORS_NAME).write_text(json.dumps(memory.anchors.to_dict()), encoding="utf-8")
+    memory_files = {  # what the memory itself weighs on disk, by part (the rest of a run is a fixed few KiB)
+        "experts": sum(path.stat().st_size for path in (folder / "experts").iterdir()),
+        "keys": (folder / "keys.safetensors").stat().st_size,
+        "index": (folder / "index.faiss").stat().st_size,
+        "anchors": (folder / ANCHORS_NAME).stat().st_size if memory.anchors is not None else 0,
+    }
+    questions = len(memory.keys)
     full_meta = {
         "run_format": RUN_FORMAT,
         **meta,
         "layout": memory.layout.to_dict(),
         "index": memory.plan.to_dict(),
-        "experts": {"count": count, "bytes_per_expert": bytes_per_expert, "shards": len(ranges)},
-        "questions": len(memory.keys),
+        "experts": {
+            "count": count,
+            "bytes_per_expert": bytes_per_expert,
+            "shards": len(ranges),
+            "dtype": str(memory.bank.storage_dtype).removeprefix("torch."),
+        },
+        "questions": questions,
+        "footprint": {
+            **meta.get("footprint", {}),
+            "disk_bytes": memory_files,
+            "disk_bytes_per_fact": round(sum(memory_files.values()) / max(questions, 1)),
+        },
     }
     (folder / META_NAME).write_text(json.dumps(full_meta, indent=2, sort_keys=True), encoding="utf-8")
     (folder / "job.yaml").write_text(yaml.safe_dump(job_document, sort_keys=False), encoding="utf-8")
@@ -135,8 +165,11 @@ def read_run(folder: str | Path) -> RunInfo:
     return RunInfo(folder, meta, sorted(manifest["files"]))
 
 
-def load_memory(run: RunInfo, base_sha256: str) -> Memory:
-    """Deserialise a verified run; refuse it if it was trained on another base model."""
+def load_memory(run: RunInfo, base_sha256: str, *, lazy: bool = False) -> Memory:
+    """Deserialise a verified run; refuse it if it was trained on another base model.
+
+    lazy: keep the bank in its memory-mapped shards and read experts as they are routed to (inference); otherwise
+    the whole bank is read into RAM (a TensorBank, e.g. to train on)."""
     if base_sha256 != run.base_sha256:
         raise IntegrityError(
             f"{run.folder}: trained on base model {run.base_model!r} with sha256 {run.base_sha256[:12]}…, "
@@ -147,8 +180,12 @@ def load_memory(run: RunInfo, base_sha256: str) -> Memory:
         raise IntegrityError(
             f"{run.folder}: expected {run.meta['experts']['shards']} expert shards, found {len(shards)}"
         )
-    parts = [load_file(shard) for shard in shards]
-    params = {name: torch.cat([part[name] for part in parts]) for name in ("A", "B")}
+    expected = run.meta["experts"].get("dtype")
+    bank = LazyBank(shards, int(run.meta["experts"]["count"]))
+    if expected is not None and str(bank.storage_dtype).removeprefix("torch.") != expected:
+        raise IntegrityError(f"{run.folder}: experts stored as {bank.storage_dtype}, memtune.json says {expected}")
+    if not lazy:
+        bank = TensorBank(bank.tensors())
     for name in ("keys.safetensors", "index.faiss"):
         if name not in run.files:
             raise IntegrityError(f"{run.folder}: the manifest does not list {name}")
@@ -163,4 +200,31 @@ def load_memory(run: RunInfo, base_sha256: str) -> Memory:
             raise IntegrityError(
                 f"{run.folder}: {ANCHORS_NAME} holds {len(anchors.slots)} questions, the keys {len(keys['keys'])}"
             )
-    return Memory(layout, params, keys["keys"], keys["slot_expert"], index, plan, anchors)
+    return Memory(layout, bank, keys["keys"], keys["slot_expert"], index, plan, anchors)
+
+
+def fetch_run(uri: str) -> Path:
+    """Download the latest committed run of an s3 job output (or one run) into `$MEMTUNE_HOME/runs-cache`.
+
+    `storage.fetch_folder` verifies every checksum before the folder appears, and reuses an identical copy.
+    """
+    run = storage.latest_committed_run(uri) or uri  # not a job output: a run, which must hold a manifest
+    name = f"{PurePosixPath(run.rstrip('/')).name}-{hashlib.sha256(run.encode()).hexdigest()[:12]}"
+    target = memtune_home() / "runs-cache" / name
+    storage.fetch_folder(run, target)
+    return target
+
+
+def resolve_run(model_ref: str | Path) -> Path | None:
+    """A run folder, the latest committed run of a job output, or None when `model_ref` is neither."""
+    if is_remote(str(model_ref)):
+        return fetch_run(str(model_ref))
+    path = Path(str(model_ref).removeprefix("file://")).expanduser()
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    if runs_dir(path).is_dir():
+        runs = committed_runs(path)
+        if not runs:
+            raise IntegrityError(f"{path}: no committed run under runs/ (every run lacks {MANIFEST_NAME})")
+        return runs[-1]
+    return None

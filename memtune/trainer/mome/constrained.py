@@ -51,8 +51,8 @@ class SchemaConstraint(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (B, T) prompt + generated so far; scores (B, V) -> scores with disallowed tokens at -inf."""
-        allowed = torch.zeros(scores.shape, dtype=torch.bool)  # (B, V)
+        allowed = torch.zeros(scores.shape, dtype=torch.bool)  # (B, V), built on the host
         for row, ids in enumerate(input_ids.tolist()):
             tokens = torch.as_tensor(self._enforcer.get_allowed_tokens(ids).allowed_tokens, dtype=torch.long)
             allowed[row, tokens[tokens < scores.shape[1]]] = True
-        return scores.masked_fill(~allowed, float("-inf"))
+        return scores.masked_fill(~allowed.to(scores.device), float("-inf"))

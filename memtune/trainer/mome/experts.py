@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memtune.trainer.mome.base import decoder_layers
+from memtune.trainer.mome.architecture import architecture
 
 
 @dataclass
@@ -66,9 +66,9 @@ class ExpertHooks:
     def __init__(self, model: nn.Module, layer_ids: list[int]):
         self.layer_ids = layer_ids
         self._state: tuple[torch.Tensor, torch.Tensor, bool] | None = None
-        layers = decoder_layers(model)
+        arch = architecture(model)
         self._handles = [
-            layers[layer_id].mlp.register_forward_hook(self._make_hook(slot)) for slot, layer_id in enumerate(layer_ids)
+            arch.mlp(layer_id).register_forward_hook(self._make_hook(slot)) for slot, layer_id in enumerate(layer_ids)
         ]
 
     def remove(self) -> None:
@@ -102,7 +102,8 @@ class ExpertHooks:
                 return None
             a_mix, b_mix, last_only = self._state
             x = args[0][:, -1:] if last_only else args[0]  # (B, T, d)
-            delta = (x @ a_mix[slot]) @ b_mix[slot]  # (B, T, k·r) -> (B, T, d)
+            # experts compute in their own dtype (float32) whatever the base model's; a no-op when they agree
+            delta = ((x.to(a_mix.dtype) @ a_mix[slot]) @ b_mix[slot]).to(output.dtype)  # (B, T, k·r) -> (B, T, d)
             if last_only and output.shape[1] > 1:
                 return torch.cat([output[:, :-1], output[:, -1:] + delta], dim=1)
             return output + delta

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from memtune.trainer.mome.architecture import architecture
 from memtune.trainer.mome.base import LoadedModel, chat_prompt, decoder_layers
 
 
@@ -83,11 +84,11 @@ def question_keys(base: LoadedModel, questions: Sequence[str], key_layer: int, b
     keys = []
     for start in range(0, len(questions), batch_size):
         prompts = [tokenize_prompt(base.tokenizer, q) for q in questions[start : start + batch_size]]
-        ids = right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id)  # (B, T)
-        mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool()  # (B, T)
+        ids = right_pad([p.ids for p in prompts], base.tokenizer.pad_token_id).to(base.device)  # (B, T)
+        mask = right_pad([[int(m) for m in p.question_mask] for p in prompts], 0).bool().to(base.device)  # (B, T)
         with capture_layer_inputs(base.model, [key_layer]) as captured, _stop_after(base.model, key_layer):
-            base.model.model(input_ids=ids)
-        keys.append(pool_keys(captured[key_layer], mask))
+            architecture(base.model).backbone(input_ids=ids)
+        keys.append(pool_keys(captured[key_layer].float(), mask).cpu())  # float32 on the host, for faiss
     return torch.cat(keys)
 
 

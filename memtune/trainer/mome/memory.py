@@ -1,7 +1,8 @@
 """A trained memory: everything generation needs on top of the frozen base model.
 
 One object ties the pieces together so that training, artifacts and generation agree on them:
-the layers (key layer, expert layers), the expert bank, the routing keys and their faiss index, and the gate.
+the layers (key layer, expert layers), the expert bank (bank.py: in RAM, or read lazily from a run), the routing
+keys and their faiss index, and the gate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import faiss
 import torch
 
 from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.bank import ExpertBank
+from memtune.trainer.mome.gate import Gate
 from memtune.trainer.mome.index import IndexPlan
 from memtune.trainer.mome.router import Router
 
@@ -40,8 +43,8 @@ class MemoryLayout:
 @dataclass
 class Memory:
     layout: MemoryLayout
-    params: dict[str, torch.Tensor]
-    """{"A": (E, L, d, r), "B": (E, L, r, d)}"""
+    bank: ExpertBank
+    """The experts: a TensorBank while training, a LazyBank when loaded for inference."""
     keys: torch.Tensor
     """(N, d) normalised keys of the trained questions."""
     slot_expert: torch.Tensor
@@ -53,7 +56,13 @@ class Memory:
 
     @property
     def num_experts(self) -> int:
-        return int(self.params["A"].shape[0])
+        return self.bank.count
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """{"A": (E, L, d, r), "B": (E, L, r, d)} in RAM: a TensorBank's own dict (training updates it in place);
+        a LazyBank reads the whole bank for it."""
+        return self.bank.tensors()
 
     def router(self) -> Router:
         return Router(
@@ -62,7 +71,8 @@ class Memory:
             self.index,
             k=self.layout.index_k,
             threshold=self.layout.threshold,
-            anchored_threshold=self.layout.anchored_threshold,
             temperature=self.layout.temperature,
-            anchors=self.anchors,
+            gate=None
+            if self.anchors is None or self.layout.threshold is None
+            else Gate(self.anchors, self.layout.threshold, self.layout.anchored_threshold),
         )

@@ -1,17 +1,16 @@
-"""Routing: prompt key -> faiss top-k slots -> experts and mixing weights -> distance gate.
+"""Routing: prompt key -> faiss candidates -> the gate -> experts and mixing weights.
 
 Every trained question owns one slot (its key). A slot points at an expert: its own, or a shared one when the
-questions outnumber `index_max_size` (see bank.py). For a query key q:
+questions outnumber `index_max_size` (see tuning/assign.py). For a batch of query keys q (B, d):
 
-    slots, _ = index.search(q, k)                      # (B, k) nearest trained questions
-    dist     = ||q - keys[slots]||²                    # (B, k) exact, even when the index is approximate (PQ)
-    allowed  = anchors.allows(slots, prompts)          # (B, k) the prompt holds enough of that question's anchors
-    dist     = dist where allowed, else inf            # a question whose anchors are missing cannot answer
-    weights  = softmax(-dist / temperature)            # (B, k) the nearest question dominates
-    gated    = dist[:, 0] > threshold                  # (B,)  too far from every trained question: base model
+    slots, _ = index.search(q, c)                      # (B, c) nearest trained questions, c = max(k, CANDIDATES)
+    dist     = ||q - keys[slots]||²                    # (B, c) exact, even when the index is approximate (PQ)
+    chosen   = gate.decide(slots, dist, evidence)      # per row: the slot that may answer, or -1 (gate.py)
+    experts  = slot_expert[chosen], weight 1           # (B, 1); a closed gate weighs 0: the base model answers
 
-When the nearest allowed question has anchor words (the prompt holds them), its gate is `anchored_threshold`: set at
-calibration to the distance of the nearest everyday prompt, since the rare words already vouch for the match.
+Without a gate (`memory.gate: always`, or `anchorShare: 0`, which leaves the distance alone to decide) the top k
+candidates are mixed with softmax(-(dist - dist_min) / temperature) weights, and rows beyond the distance
+threshold (if any) are gated.
 """
 
 from __future__ import annotations
@@ -23,8 +22,12 @@ import faiss
 import numpy as np
 import torch
 
-from memtune.trainer.mome.anchors import Anchors
+from memtune.trainer.mome.anchors import evidence
 from memtune.trainer.mome.experts import Route
+from memtune.trainer.mome.gate import Gate
+
+# Candidates the gate weighs per prompt: the right question can sit behind a few near namesakes.
+CANDIDATES = 8
 
 
 @dataclass
@@ -33,9 +36,11 @@ class Routing:
 
     route: Route
     distance: torch.Tensor
-    """(B,) squared L2 distance to the nearest trained question (whether or not its anchors matched)."""
+    """(B,) squared L2 distance to the nearest trained question (whether or not the gate chose it)."""
     gated: torch.Tensor
     """(B,) bool: True where the experts stay off and the base model answers."""
+    reasons: list[str]
+    """Per row: "open", "far", "entity", "relation" (gate.py), or "ungated" without a gate."""
 
     def describe(self, row: int) -> dict[str, object]:
         """The `route` field users see next to an answer."""
@@ -43,6 +48,7 @@ class Routing:
             "experts": [int(e) for e in self.route.experts[row]],
             "distance": round(float(self.distance[row]), 6),
             "gated": bool(self.gated[row]),
+            "reason": self.reasons[row],
         }
 
 
@@ -56,41 +62,46 @@ class Router:
         k: int,
         threshold: float | None,
         temperature: float,
-        anchors: Anchors | None = None,
-        anchored_threshold: float | None = None,
+        gate: Gate | None = None,
     ):
-        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate (anchors included).
-
-        A nearest question whose anchor words the prompt contains is gated at `anchored_threshold` instead (when set):
-        its rare words are evidence of its own, so a looser reformulation may still reach it."""
+        """keys (N, d) normalised; slot_expert (N,) int64; threshold None means never gate; `gate` (when set)
+        decides instead of the distance alone."""
         self.keys = keys
         self.slot_expert = slot_expert
         self.index = index
         self.k = min(k, len(keys))
         self.threshold = threshold
-        self.anchored_threshold = anchored_threshold
         self.temperature = temperature
-        self.anchors = anchors if threshold is not None else None
+        self.gate = gate if threshold is not None else None
 
     def __call__(self, query: torch.Tensor, prompts: Sequence[str] | None = None) -> Routing:
-        """query (B, d) normalised keys of `prompts` (the anchor check needs their text; None skips it)."""
-        _, slots = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.k)  # (B, k)
-        slots_t = torch.from_numpy(slots).clamp(min=0)  # -1 marks "fewer than k found" (IVF/HNSW); reuse slot 0
-        dist = ((query[:, None, :] - self.keys[slots_t]) ** 2).sum(-1)  # (B, k)
-        dist = dist.masked_fill(torch.from_numpy(slots) < 0, float("inf"))
+        """query (B, d) normalised keys of `prompts` (the gate needs their text; None: distance only).
+
+        A prompt's evidence is its units (anchors.evidence without surprisal): its foreign anchors are the units
+        that are anchors of some trained question. The prompt's own surprisal is not used: in a language the base
+        model knows poorly every reworded word is surprising, and rewordings would read as other names."""
+        gate = self.gate if prompts is not None else None
+        count = min(max(self.k, CANDIDATES), len(self.keys)) if gate is not None else self.k
+        _, found = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), count)  # (B, c)
+        slots = torch.from_numpy(found).clamp(min=0)  # -1 marks "fewer than c found" (IVF/HNSW); reuse slot 0
+        dist = ((query[:, None, :] - self.keys[slots]) ** 2).sum(-1)  # (B, c)
+        dist = dist.masked_fill(torch.from_numpy(found) < 0, float("inf"))
         order = dist.argsort(dim=1)  # approximate indexes may return neighbours out of order
-        dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
+        dist, slots = dist.gather(1, order), slots.gather(1, order)
         closest = dist[:, 0].clone()
-        limit = torch.full_like(closest, float("inf") if self.threshold is None else self.threshold)  # (B,)
-        if self.anchors is not None and prompts is not None:
-            dist = dist.masked_fill(~self.anchors.allows(slots_t, prompts), float("inf"))
-            order = dist.argsort(dim=1, stable=True)
-            dist, slots_t = dist.gather(1, order), slots_t.gather(1, order)
-            if self.anchored_threshold is not None:
-                limit = torch.where(self.anchors.anchored(slots_t[:, 0]), self.anchored_threshold, limit)
-        nearest = dist[:, 0]
-        weights = torch.softmax(-(dist - nearest[:, None]) / self.temperature, dim=1).nan_to_num(0.0)  # (B, k)
-        gated = ~torch.isfinite(nearest)  # the index found nothing, or no candidate's anchors are in the prompt
-        gated |= nearest > limit
-        weights = weights.masked_fill(gated[:, None], 0.0)
-        return Routing(Route(self.slot_expert[slots_t], weights), closest, gated)
+        if gate is None:
+            limit = float("inf") if self.threshold is None else self.threshold
+            weights = torch.softmax(-(dist - closest[:, None]) / self.temperature, dim=1).nan_to_num(0.0)  # (B, k)
+            gated = ~torch.isfinite(closest) | (closest > limit)  # (B,)
+            weights = weights.masked_fill(gated[:, None], 0.0)
+            reasons = ["far" if g else "ungated" for g in gated.tolist()]
+            return Routing(Route(self.slot_expert[slots], weights), closest, gated, reasons)
+        assert prompts is not None
+        decisions = [
+            gate.decide(slots[row].tolist(), dist[row].tolist(), evidence(text)) for row, text in enumerate(prompts)
+        ]
+        # a closed gate still names the nearest question's expert (at weight 0): which memory was close
+        chosen = torch.tensor([d.slot if d.slot >= 0 else int(slots[row, 0]) for row, d in enumerate(decisions)])
+        gated = torch.tensor([d.slot < 0 for d in decisions])  # (B,)
+        weights = (~gated).to(dist.dtype)[:, None]  # (B, 1)
+        return Routing(Route(self.slot_expert[chosen][:, None], weights), closest, gated, [d.reason for d in decisions])

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from memtune.trainer.mome.anchors import Evidence
+from memtune.trainer.mome.units import units_of
+
 log = logging.getLogger(__name__)
 
 # Questions whose edits are probed: the p95 of a few hundred distances is stable, and each probe costs a pass.
@@ -104,3 +107,52 @@ def calibrate(
         )
     threshold = math.sqrt(max(near_p95, 1e-8) * max(far_min, 1e-8))
     return Calibration(threshold, near_p95, far_min)
+
+
+def _name_span(question: str, seen: Evidence) -> tuple[int, int] | None:
+    """The character span of the question's heaviest run of adjacent anchor units (its entity's name), if any."""
+    runs: list[tuple[float, int, int]] = []
+    for unit in units_of(question):
+        nats = seen.anchors.get(unit.text, 0.0)
+        if nats <= 0 or unit.hard:
+            continue
+        if runs and not question[runs[-1][2] : unit.start].strip(" -'’"):
+            weight, start, _ = runs[-1]
+            runs[-1] = (weight + nats, start, max(unit.end, runs[-1][2]))
+        else:
+            runs.append((nats, unit.start, unit.end))
+    return (max(runs)[1], max(runs)[2]) if runs else None
+
+
+def _other_number(text: str) -> str:
+    """The same number with its last digit changed ("7" -> "8", "3.2" -> "3.3")."""
+    last = max(i for i, ch in enumerate(text) if ch.isdigit())
+    return text[:last] + str((int(text[last]) + 1) % 10) + text[last + 1 :]
+
+
+def neighbour_probes(
+    questions: Sequence[str], evidence: Sequence[Evidence], limit: int = NEAR_SAMPLE, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Untrained neighbours of a seeded sample of trained questions, as (prompt, kind): the question with another
+    number ("number"), another question's name in place of its own ("entity"), and another question's relation
+    asked of its name ("relation"). Every probe that happens to be a trained question is left out."""
+    rng = random.Random(seed)  # noqa: S311 - not crypto
+    trained = set(questions)
+    spans = [_name_span(q, e) for q, e in zip(questions, evidence, strict=True)]
+    named = [i for i, span in enumerate(spans) if span is not None]
+    probes: list[tuple[str, str]] = []
+    for i in sorted(rng.sample(range(len(questions)), min(limit, len(questions)))):
+        question, span = questions[i], spans[i]
+        hard = [unit for unit in units_of(question) if unit.hard]
+        if hard:
+            unit = hard[0]
+            renumbered = question[: unit.start] + _other_number(question[unit.start : unit.end]) + question[unit.end :]
+            probes.append((renumbered, "number"))
+        others = [j for j in named if j != i]
+        if span is None or not others:
+            continue
+        j = rng.choice(others)
+        (a, b), (c, d) = span, spans[j]
+        probes.append((question[:a] + questions[j][c:d] + question[b:], "entity"))
+        probes.append((questions[j][:c] + question[a:b] + questions[j][d:], "relation"))
+    return [(text, kind) for text, kind in probes if text not in trained]

@@ -42,10 +42,10 @@ def save_checkpoint(
     folder_uri: str, params: dict[str, torch.Tensor], save_steps: int, state: TrainState, optimizer: SparseOptimizer
 ) -> None:
     """Write the tensors into the slot not named by the current index, then the index (the commit)."""
-    tensors = {f"bank.{name}": tensor.contiguous() for name, tensor in params.items()}
-    tensors["optim.steps"] = optimizer.steps
+    tensors = {f"bank.{name}": tensor.contiguous().cpu() for name, tensor in params.items()}
+    tensors["optim.steps"] = optimizer.steps.cpu()
     for name, table in optimizer.state.items():
-        tensors.update({f"optim.{name}.{key}": tensor.contiguous() for key, tensor in table.items()})
+        tensors.update({f"optim.{name}.{key}": tensor.contiguous().cpu() for key, tensor in table.items()})
     tensors.update({"stay": state.stay, "losses": state.losses})
     data = save(tensors)
     slot = f"state-{(state.step // save_steps) % 2}.safetensors"
@@ -66,38 +66,63 @@ def save_checkpoint(
 def load_checkpoint(
     folder_uri: str, params: dict[str, torch.Tensor], args: FinetuneArgs
 ) -> tuple[SparseOptimizer, TrainState] | None:
-    """Restore the bank into `params` (in place) and return the optimizer and schedule; None when nothing saved."""
+    """Restore the bank into `params` (in place) and return the optimizer and schedule; None when nothing saved.
+
+    A damaged checkpoint is ignored with a warning (training starts from step 0 and overwrites it): like a damaged
+    run, it must not fail every later attempt with the same inputs. `params` is untouched unless all of it reads.
+    """
     index_uri = storage.join_uri(folder_uri, INDEX_NAME)
     if not storage.exists(index_uri):
         return None
     try:
-        index = json.loads(storage.read_bytes(index_uri))
-    except json.JSONDecodeError as error:
-        raise IntegrityError(f"{index_uri}: unreadable checkpoint index ({error})") from None
-    if index.get("format") != CHECKPOINT_FORMAT:
-        raise IntegrityError(f"{index_uri}: checkpoint format {index.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    data = storage.read_bytes(storage.join_uri(folder_uri, index["tensors"]))
-    if hashlib.sha256(data).hexdigest() != index["sha256"]:
-        raise IntegrityError(f"{folder_uri}/{index['tensors']}: sha256 differs from {INDEX_NAME}")
-    tensors = load(data)
+        bank, optimizer, state = _read_checkpoint(folder_uri, index_uri, params, args)
+    except IntegrityError as error:
+        log.warning("ignoring a damaged checkpoint, training starts from step 0: %s", error)
+        return None
     for name, tensor in params.items():
-        saved = tensors[f"bank.{name}"]
-        if saved.shape != tensor.shape:
-            raise IntegrityError(f"{folder_uri}: bank {name} is {tuple(saved.shape)}, not {tuple(tensor.shape)}")
-        tensor.copy_(saved)
-    optimizer = make_optimizer(args.optim, params, args.learning_rate)
-    optimizer.steps = tensors["optim.steps"]
-    for key, tensor in tensors.items():
-        if key.startswith("optim.") and key != "optim.steps":
-            _, name, slot = key.split(".", 2)
-            optimizer.state[name][slot] = tensor
-    state = TrainState(
-        step=index["step"],
-        pending=deque(index["pending"]),
-        active=list(index["active"]),
-        stay=tensors["stay"],
-        losses=tensors["losses"],
-        curve=[StepReport(**point) for point in index["curve"]],
-    )
+        tensor.copy_(bank[name])
     log.info("resuming from the checkpoint at step %d in %s", state.step, folder_uri)
     return optimizer, state
+
+
+_SLOTS = ("state-0.safetensors", "state-1.safetensors")
+
+
+def _read_checkpoint(
+    folder_uri: str, index_uri: str, params: dict[str, torch.Tensor], args: FinetuneArgs
+) -> tuple[dict[str, torch.Tensor], SparseOptimizer, TrainState]:
+    try:
+        index = json.loads(storage.read_bytes(index_uri))
+    except (ValueError, RecursionError) as error:
+        raise IntegrityError(f"{index_uri}: unreadable checkpoint index ({type(error).__name__})") from None
+    if not isinstance(index, dict) or index.get("format") != CHECKPOINT_FORMAT:
+        raise IntegrityError(f"{index_uri}: not a checkpoint index of format {CHECKPOINT_FORMAT}")
+    if index.get("tensors") not in _SLOTS:
+        raise IntegrityError(f"{index_uri}: names no checkpoint slot ({', '.join(_SLOTS)})")
+    data = storage.read_bytes(storage.join_uri(folder_uri, index["tensors"]))
+    if hashlib.sha256(data).hexdigest() != index.get("sha256"):
+        raise IntegrityError(f"{folder_uri}/{index['tensors']}: sha256 differs from {INDEX_NAME}")
+    try:
+        tensors = load(data)
+        bank = {name: tensors[f"bank.{name}"] for name in params}
+        for name, tensor in params.items():
+            if bank[name].shape != tensor.shape:
+                raise ValueError(f"bank {name} is {tuple(bank[name].shape)}, not {tuple(tensor.shape)}")
+        device = next(iter(params.values())).device
+        optimizer = make_optimizer(args.optim, params, args.learning_rate)
+        optimizer.steps = tensors["optim.steps"].to(device)
+        for key, tensor in tensors.items():
+            if key.startswith("optim.") and key != "optim.steps":
+                _, name, slot = key.split(".", 2)
+                optimizer.state[name][slot] = tensor.to(device)
+        state = TrainState(
+            step=int(index["step"]),
+            pending=deque(index["pending"]),
+            active=list(index["active"]),
+            stay=tensors["stay"],
+            losses=tensors["losses"],
+            curve=[StepReport(**point) for point in index["curve"]],
+        )
+    except Exception as error:  # a key, type or shape that does not fit: the checkpoint is not this run's
+        raise IntegrityError(f"{folder_uri}: damaged checkpoint ({type(error).__name__}: {error})") from None
+    return bank, optimizer, state

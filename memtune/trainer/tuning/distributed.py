@@ -1,6 +1,6 @@
 """Data parallel over ranks: who owns which fact, and the three collectives training needs.
 
-With N ranks (PyTorchJob sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; torchrun does the same):
+With N ranks (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in every process it starts):
 
 - fact `i` is owned by rank `i % N`: only its owner runs the frozen pass over it and keeps its answer region;
 - the routing keys are all-gathered, so every rank builds the same index and the same expert assignment, and
@@ -11,6 +11,11 @@ With N ranks (PyTorchJob sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_
   the identical update, so the bank stays replicated. `max_steps` and `save_steps` count these global steps.
 
     torchrun --nproc_per_node=2 -m memtune.trainer --spec job.yaml      # gloo on CPU, nccl on GPU
+
+A pod is one *node*. Its controller says how many processes each node runs, and the pod must start them all:
+`launch_from_env` reads what the controllers set (torchrun's own `PET_*` variables, which Kubeflow Trainer v2
+sets, Kubeflow v1's PyTorchJob sets beside WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT, and memtune sets on a
+batch/v1 Job), and `memtune.trainer.tuning.pod` then runs torchrun in-process to start them.
 """
 
 from __future__ import annotations
@@ -105,6 +110,83 @@ def group_from_env(env: Mapping[str, str] | None = None) -> RankGroup:
     if problems:
         raise SpecError(problems, "PyTorchJob environment")
     return RankGroup(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """The ranks one pod (node) starts: torchrun's `--nnodes/--nproc-per-node/--node-rank/--master-*` options."""
+
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+    def torchrun_args(self, module: str, module_args: list[str]) -> list[str]:
+        """torchrun's argument list. One node: `--standalone` (a free local port); several: static rendezvous."""
+        shape = [f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}"]
+        if self.nnodes == 1:
+            where = ["--standalone"]
+        else:
+            where = [
+                f"--node-rank={self.node_rank}",
+                f"--master-addr={self.master_addr}",
+                f"--master-port={self.master_port}",
+            ]
+        return [*shape, *where, "--max-restarts=0", "-m", module, *module_args]
+
+
+# torchrun sets this in every process it starts: such a process is one rank, never a launcher.
+_UNDER_TORCHRUN = "TORCHELASTIC_RUN_ID"
+_DEFAULT_PORT = 29500  # torchrun's
+
+
+def launch_from_env(env: Mapping[str, str] | None = None) -> NodeLaunch | None:
+    """The ranks this pod must start, from its controller's environment; None when this process is itself the
+    only rank (a laptop, a one-process pod) or was started by torchrun.
+
+    Read, first found wins: nodes `PET_NNODES`; processes per node `PET_NPROC_PER_NODE`; node rank
+    `PET_NODE_RANK`, else `RANK` (Kubeflow v1 sets RANK to the node's rank); master `PET_MASTER_ADDR`/`PORT`, else
+    `MASTER_ADDR`/`PORT` (Kubeflow v1 sets only these). Kubeflow v1's WORLD_SIZE must equal nodes × processes.
+    Raises SpecError naming every bad variable.
+    """
+    env = os.environ if env is None else env
+    if env.get(_UNDER_TORCHRUN) is not None:
+        return None
+    problems: list[tuple[str, str]] = []
+
+    def number(names: tuple[str, ...], default: int, least: int) -> int:
+        for name in names:
+            if (raw := env.get(name)) is None:
+                continue
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append((name, f"must be an integer, got {raw!r}"))
+                return default
+            if value < least:
+                problems.append((name, f"must be at least {least}, got {value}"))
+            return value
+        return default
+
+    nnodes = number(("PET_NNODES",), 1, 1)
+    nproc = number(("PET_NPROC_PER_NODE",), 1, 1)
+    node_rank = number(("PET_NODE_RANK", "RANK"), 0, 0)
+    port = number(("PET_MASTER_PORT", "MASTER_PORT"), _DEFAULT_PORT, 1)
+    addr = env.get("PET_MASTER_ADDR") or env.get("MASTER_ADDR") or ""
+    if not problems and nnodes * nproc == 1:
+        return None
+    if not problems:
+        if node_rank >= nnodes:
+            problems.append(("PET_NODE_RANK", f"must be below PET_NNODES={nnodes}, got {node_rank}"))
+        world = env.get("WORLD_SIZE")
+        if world is not None and world != str(nnodes * nproc):
+            problems.append(("WORLD_SIZE", f"is {world} but PET_NNODES × PET_NPROC_PER_NODE is {nnodes * nproc}"))
+        if nnodes > 1 and not addr:
+            problems.append(("PET_MASTER_ADDR", "must be set (or MASTER_ADDR) when PET_NNODES > 1"))
+    if problems:
+        raise SpecError(problems, "trainer pod environment")
+    return NodeLaunch(nnodes, nproc, node_rank, addr or "127.0.0.1", port)
 
 
 def start(group: RankGroup) -> None:

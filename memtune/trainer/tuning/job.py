@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -31,22 +32,28 @@ from typing import Any
 import torch
 
 from memtune import storage
+from memtune.contract import ENV_SCRATCH
 from memtune.data import Example, check_lengths, dataset_id, deduplicate, load_examples
-from memtune.manifest import MANIFEST_NAME, IntegrityError
+from memtune.manifest import IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
-from memtune.trainer.mome.anchors import Anchors, question_anchors
-from memtune.trainer.mome.artifacts import META_NAME, committed_runs, read_run, runs_dir, save_run
+from memtune.trainer.mome.anchors import Anchors, evidence
+from memtune.trainer.mome.architecture import architecture
+from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
+from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
-from memtune.trainer.mome.experts import ExpertHooks, init_experts
+from memtune.trainer.mome.devices import DTYPES, resolve_device, resolve_dtype
+from memtune.trainer.mome.experts import init_experts
 from memtune.trainer.mome.index import build_index, plan_index
 from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_prompt
 from memtune.trainer.mome.memory import Memory, MemoryLayout
-from memtune.trainer.tuning.bank import assign_experts
-from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes
+from memtune.trainer.mome.model import MemoryModel
+from memtune.trainer.tuning.assign import assign_experts
+from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes, neighbour_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
-from memtune.trainer.tuning.encode import Encoded, encode_examples
+from memtune.trainer.tuning.encode import encode_examples
 from memtune.trainer.tuning.schedule import plan_schedule
+from memtune.trainer.tuning.store import EncodedStore
 from memtune.trainer.tuning.train import StepReport, TrainSetup, train_experts
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,9 @@ class RunSummary:
     recall: float
     """Share of training questions whose greedy answer is exactly the trained one."""
     seconds: float
+    footprint: dict[str, Any] | None = None
+    """What the memory costs per trained fact: its files on disk (artifacts.py) and the peaks while training
+    (`_peaks`); None for a reused run of an older memtune."""
     unlearned: list[str] = field(default_factory=list)
     """Questions whose greedy answer is not the trained one (at most UNLEARNED_KEPT of them; `unlearned_count`)."""
     unlearned_count: int = 0
@@ -97,9 +107,10 @@ def unlearned_message(questions: list[str], count: int, recall: float, steps: in
 
 
 # Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
-# is learned only when every answer token is the argmax; 4: the anchored gate; 5: learning_rate on Lamini's scale,
-# mapped by schedule.py, and a working set sized to max_steps).
-TRAINING_REVISION = 5
+# is learned only when every answer token is the argmax; 4: the anchored gate; 5: anchors over units of any script, hard
+# units, foreign anchors; 6: learning_rate on Lamini's scale, mapped by schedule.py, and a working set sized to
+# max_steps).
+TRAINING_REVISION = 6
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
@@ -114,15 +125,31 @@ def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
+# Default expert layers: the last 8, at most half the depth (a 30-layer model: 22..29; a 10-layer one: 5..9).
+DEFAULT_EXPERT_LAYERS = 8
+
+
 def plan_layout(job: MemoryTuningJob, num_layers: int) -> MemoryLayout:
-    """Resolve the memory's layers from the spec, naming the field of any impossible choice."""
+    """Resolve the memory's layers from the spec and the depth, naming the field of any impossible choice.
+
+    Defaults: expert layers the last `min(8, num_layers // 2)`; key layer 40% of the depth, or the layer just below
+    the first expert layer when that is lower. Any depth >= 2 has a valid default.
+    """
     memory, args = job.spec.memory, job.spec.finetuneArgs
-    experts = sorted(set(memory.expertLayers or range(max(0, num_layers - memory.numExpertLayers), num_layers)))
-    key_layer = memory.keyLayer if memory.keyLayer is not None else round(0.4 * num_layers)
     problems = []
+    if memory.expertLayers:
+        experts = sorted(set(memory.expertLayers))
+        field = "spec.memory.expertLayers"
+    else:
+        count = memory.numExpertLayers or max(1, min(DEFAULT_EXPERT_LAYERS, num_layers // 2))
+        experts = list(range(max(0, num_layers - count), num_layers))
+        field = "spec.memory.numExpertLayers"
     if experts[-1] >= num_layers:
-        problems.append(("spec.memory.expertLayers", f"the base model has layers 0..{num_layers - 1}, got {experts}"))
-    if key_layer >= experts[0]:
+        problems.append((field, f"the base model has layers 0..{num_layers - 1}, got {experts}"))
+    elif experts[0] == 0 and memory.keyLayer is None:
+        problems.append((field, f"layer 0 carries experts, which leaves no layer below for the key ({experts})"))
+    key_layer = memory.keyLayer if memory.keyLayer is not None else min(round(0.4 * num_layers), experts[0] - 1)
+    if memory.keyLayer is not None and key_layer >= experts[0]:
         problems.append(
             ("spec.memory.keyLayer", f"must be below the first expert layer ({experts[0]}) so experts never move keys")
         )
@@ -132,43 +159,33 @@ def plan_layout(job: MemoryTuningJob, num_layers: int) -> MemoryLayout:
     return MemoryLayout(key_layer, experts, args.r_value, args.index_k, threshold, memory.temperature)
 
 
-def find_reusable(output: str, key: str) -> Path | None:
-    """The newest committed run of `output` with this cache key."""
-    for folder in reversed(committed_runs(output)):
-        try:
-            meta = json.loads((folder / "memtune.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if meta.get("cache_key") == key:
-            return folder
-    return None
-
-
-def _remote_meta(run: str) -> dict[str, Any]:
-    """memtune.json of a committed s3 run, checked against its manifest without downloading the run."""
-    manifest = json.loads(storage.read_bytes(storage.join_uri(run, MANIFEST_NAME)))
-    data = storage.read_bytes(storage.join_uri(run, META_NAME))
-    expected = manifest.get("files", {}).get(META_NAME, {}).get("sha256")
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise IntegrityError(f"{run}/{META_NAME}: sha256 differs from its manifest")
-    return json.loads(data)
-
-
 def reusable_run(output: str, key: str) -> tuple[str, dict[str, Any]] | None:
-    """(location, metadata) of a committed run of `output` with this cache key; on s3 only the newest is read."""
-    if is_remote(output):
-        latest = storage.latest_committed_run(output)
-        if latest is not None and (meta := _remote_meta(latest)).get("cache_key") == key:
-            return latest, meta
-        return None
-    previous = find_reusable(output, key)
-    # read_run verifies every checksum: a damaged run is an error, not a cache hit
-    return (str(previous), read_run(previous).meta) if previous is not None else None
+    """(location, metadata) of the newest intact committed run of `output` with this cache key, or None.
+
+    The same on disk and on S3: every committed run is considered, newest first; a damaged one (a file that no
+    longer matches its manifest) is skipped with a warning, never served and never in the way of a new run.
+    """
+    for run in storage.committed_runs(output):
+        try:
+            meta = json.loads(storage.read_committed_file(run, META_NAME))
+            if not isinstance(meta, dict) or meta.get("cache_key") != key:
+                continue
+            storage.verify_committed(run)
+        except (IntegrityError, ValueError) as error:
+            log.warning("skipping damaged run %s: %s", run, error)
+            continue
+        except storage.StorageError as error:
+            if error.transient:
+                raise
+            log.warning("skipping unreadable run %s: %s", run, error)
+            continue
+        return run.removeprefix("file://") if not is_remote(output) else run, meta
+    return None
 
 
 def _scratch_runs() -> Path:
     """Where a run destined for object storage is assembled (the contract's writable `$MEMTUNE_SCRATCH`)."""
-    root = os.environ.get("MEMTUNE_SCRATCH") or tempfile.mkdtemp(prefix="memtune-")
+    root = os.environ.get(ENV_SCRATCH) or tempfile.mkdtemp(prefix="memtune-")
     return Path(root) / "runs"
 
 
@@ -184,11 +201,17 @@ def _calibrated_threshold(
 
 
 def build_memory(
-    base: LoadedModel, examples: list[Example], job: MemoryTuningJob, layout: MemoryLayout, group: RankGroup = SINGLE
-) -> tuple[Memory, list[Encoded | None], dict]:
-    """Frozen pass, expert assignment, index and gate; returns the untrained memory, encoded examples, gate info.
+    base: LoadedModel,
+    examples: list[Example],
+    job: MemoryTuningJob,
+    layout: MemoryLayout,
+    encoded: EncodedStore,
+    group: RankGroup = SINGLE,
+) -> tuple[Memory, dict]:
+    """Frozen pass into `encoded`, expert assignment, index and gate; returns the untrained memory and gate info.
 
-    Each rank encodes only the examples it owns (None elsewhere in the list); the keys are all-gathered.
+    Each rank encodes only the examples it owns (the store has None for the others); the keys are all-gathered.
+    Encoded examples go to a scratch file (store.py): resident memory does not grow with the facts.
     """
     owned = group.owned(list(range(len(examples))))
     mine = encode_examples(
@@ -198,16 +221,23 @@ def build_memory(
         layout.expert_layers[0],
         job.spec.memory.batchSize,
     )
-    encoded: list[Encoded | None] = [None] * len(examples)
+    prompts = [tokenize_prompt(base.tokenizer, e.input) for e in examples]
+    width = max(len(p.ids) for p in prompts)
+    key_rows, nats_rows = [], []
     for i, example in zip(owned, mine, strict=True):
-        encoded[i] = example
-    own_keys = torch.stack([e.key for e in mine]) if mine else torch.empty(0, base.model.config.hidden_size)
+        key_rows.append(example.key)
+        nats_rows.append(torch.nn.functional.pad(example.token_nats, (0, width - len(example.token_nats))))
+        encoded.add(i, example)
+    own_keys = torch.stack(key_rows) if key_rows else torch.empty(0, architecture(base.model).hidden_size)
     keys = group.interleave(own_keys, len(examples))  # (N, d)
+    # the gate's evidence needs every question's surprisal: the frozen pass computed it, each rank for its own
+    nats = group.interleave(torch.stack(nats_rows) if nats_rows else torch.empty(0, width), len(examples))  # (N, P)
     args = job.spec.finetuneArgs
     slot_expert = assign_experts(keys, args.index_max_size, job.spec.memory.seed)
     generator = torch.Generator().manual_seed(job.spec.memory.seed)
     hidden = keys.shape[1]
     params = init_experts(int(slot_expert.max()) + 1, len(layout.expert_layers), hidden, layout.rank, generator)
+    params = {name: tensor.to(base.device) for name, tensor in params.items()}  # float32 masters, with the model
     plan = plan_index(args.index_method, len(keys), hidden, args)
     index = build_index(keys.numpy(), plan)
     gate: dict[str, Any] = {"mode": job.spec.memory.gate}
@@ -219,11 +249,47 @@ def build_memory(
         layout.threshold = gate["threshold"]
     anchors = None
     if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
-        anchors = Anchors(question_anchors(base, [e.input for e in examples]), job.spec.memory.anchorShare)
-        gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot)
+        pairs = zip(examples, prompts, strict=True)
+        seen = [evidence(e.input, tokens, nats[i, : len(tokens.ids)].tolist()) for i, (e, tokens) in enumerate(pairs)]
+        anchors = Anchors(seen, job.spec.memory.anchorShare)
+        gate["questions_with_anchors"] = sum(1 for slot in anchors.slots if slot.anchors)
         if "far_min" in gate:  # calibrated: a prompt holding a question's anchors may sit as far as any everyday one
             layout.anchored_threshold = gate["anchored_threshold"] = max(gate["threshold"], gate["far_min"])
-    return Memory(layout, params, keys, slot_expert, index, plan, anchors), encoded, gate
+    memory = Memory(layout, TensorBank(params), keys, slot_expert, index, plan, anchors)
+    if anchors is not None:
+        gate["probes"] = _gate_report(base, memory, [e.input for e in examples], job.spec.memory.seed)
+        log.info("gate at calibration: %s", gate["probes"])
+    return memory, gate
+
+
+def _gate_report(base: LoadedModel, memory: Memory, questions: list[str], seed: int) -> dict[str, Any]:
+    """What the finished gate does with probes made from the training questions: rewordings admitted to their own
+    question, and untrained neighbours (another number, another name, another relation) kept from every answer."""
+    near, owners = near_probes(questions, seed=seed)
+    assert memory.anchors is not None
+    neighbours = neighbour_probes(questions, memory.anchors.slots, seed=seed)
+    texts = near + [text for text, _ in neighbours]
+    routing = memory.router()(question_keys(base, texts, memory.layout.key_layer), texts)
+    chosen = routing.route.experts[:, 0]
+    admitted = [not routing.gated[i] and chosen[i] == memory.slot_expert[owner] for i, owner in enumerate(owners)]
+    report: dict[str, Any] = {"rewordings": len(near), "rewordings_admitted": int(sum(admitted))}
+    for kind in ("number", "entity", "relation"):
+        rows = [len(near) + i for i, (_, k) in enumerate(neighbours) if k == kind]
+        report[f"{kind}_neighbours"] = len(rows)
+        report[f"{kind}_neighbours_blocked"] = int(routing.gated[rows].sum()) if rows else 0
+    return report
+
+
+def _peaks(device: torch.device, facts: int, scratch_bytes: int) -> dict[str, Any]:
+    """Peak memory of this process so far (resident set; the device's allocator on CUDA) and the frozen pass's
+    scratch file, in bytes and per trained fact."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peaks: dict[str, Any] = {"peak_rss_bytes": rss, "peak_rss_bytes_per_fact": round(rss / max(facts, 1))}
+    if device.type == "cuda":
+        vram = torch.cuda.max_memory_allocated(device)
+        peaks |= {"peak_device_bytes": vram, "peak_device_bytes_per_fact": round(vram / max(facts, 1))}
+    peaks["scratch_bytes_per_fact"] = round(scratch_bytes / max(facts, 1))
+    return peaks
 
 
 def _one_answer_per_question(examples: list[Example]) -> list[Example]:
@@ -265,12 +331,21 @@ def run_job(
     show_progress: bool = True,
     on_step: Callable[[StepReport], None] | None = None,
     group: RankGroup = SINGLE,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> RunSummary:
-    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint."""
+    """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint.
+
+    device / dtype (devices.py): where the base model runs and in which precision; auto is CUDA in bfloat16 when
+    torch sees a GPU (under several ranks, the rank's own GPU), else the CPU in float32, said in a log line. The
+    experts and their optimizer state are float32 on the same device; the run stores them in memory.expertDtype."""
     started = time.perf_counter()
     spec, args = job.spec, job.spec.finetuneArgs
     examples = load_examples(spec.dataset, args.max_finetuning_examples)
-    base = load_base_model(spec.baseModel)
+    run_device = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, run_device)
+    base = load_base_model(spec.baseModel, dtype=run_dtype)
+    base.model.to(run_device)
     tokenizer = base.tokenizer
     check_lengths(
         examples,
@@ -290,6 +365,7 @@ def run_job(
             metrics["final_loss"],
             metrics["recall"],
             time.perf_counter() - started,
+            meta.get("footprint"),
             metrics.get("unlearned", []),
             metrics.get("unlearned_count", 0),
             args.max_steps,
@@ -299,24 +375,31 @@ def run_job(
             log.warning("%s", reused.unlearned_message())
         return reused
 
+    # Every check that can fail runs before training: the layout, and that the run can be written where it goes.
+    layout = plan_layout(job, len(decoder_layers(base.model)))
+    remote = is_remote(spec.output.uri)
+    storage.check_writable(spec.output.uri)
+    scratch = _scratch_runs() if remote else None
+    if scratch is not None:
+        storage.check_writable(str(scratch))
     lines = len(examples)
     examples = _one_answer_per_question(examples)
-    layout = plan_layout(job, len(decoder_layers(base.model)))
-    memory, encoded, gate = build_memory(base, examples, job, layout, group)
-    # each question routes as generation will route it (never gated: its own key and anchors match)
-    routes = memory.router()(memory.keys, [e.input for e in examples]).route
-    # (N, k) each: rank 0's index decides, so no rank can route differently
-    group.broadcast_(routes.experts)
-    group.broadcast_(routes.weights)
     schedule = plan_schedule(args, spec.memory.batchSize, len(examples))
     log.info("schedule for learning_rate %g (Lamini's scale): %s", args.learning_rate, schedule.to_dict())
     trainer_args = schedule.trainer_args(args)
-    checkpoints = checkpoint_uri(spec.output.uri, key)
-    resumed = load_checkpoint(checkpoints, memory.params, trainer_args)
-    optimizer, state = resumed if resumed is not None else (None, None)
-    hooks = ExpertHooks(base.model, layout.expert_layers)
+    encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
+    model = None
     try:
-        setup = TrainSetup(base.model, hooks, layout.expert_layers[0], encoded, routes, memory.params)
+        memory, gate = build_memory(base, examples, job, layout, encoded, group)
+        model = MemoryModel(base, memory)  # the hooks and the router generation will use
+        routes = model.training_route([e.input for e in examples])
+        # (N, k) each: rank 0's index decides, so no rank can route differently
+        group.broadcast_(routes.experts)
+        group.broadcast_(routes.weights)
+        checkpoints = checkpoint_uri(spec.output.uri, key)
+        resumed = load_checkpoint(checkpoints, memory.params, trainer_args)
+        optimizer, state = resumed if resumed is not None else (None, None)
+        setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
         result = train_experts(
             setup,
             trainer_args,
@@ -327,9 +410,13 @@ def run_job(
             group=group,
             optimizer=optimizer,
             state=state,
+            store_dtype=DTYPES[spec.memory.expertDtype],
         )
     finally:
-        hooks.remove()
+        if model is not None:
+            model.close()
+        encoded_bytes = encoded.disk_bytes
+        encoded.close()
     if show_progress:
         print()
     recall = float(result.exact.float().mean())
@@ -339,8 +426,7 @@ def run_job(
     if missed:
         log.warning("%s", unlearned_message(missed, len(missed), recall, result.steps, args.max_steps))
     run_id = storage.new_run_id()
-    remote = is_remote(spec.output.uri)
-    folder = (_scratch_runs() if remote else runs_dir(spec.output.uri)) / run_id
+    folder = (scratch or runs_dir(spec.output.uri)) / run_id
     metrics = {
         "steps": result.steps,
         "final_loss": result.final_loss,
@@ -358,9 +444,19 @@ def run_job(
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
         "schedule": schedule.to_dict(),
+        "trained_on": {"device": str(run_device), "dtype": str(run_dtype).removeprefix("torch.")},
+        # generation's default budget covers it (model.py): a trained answer is never cut by default
+        "longest_answer_tokens": max(len(answer_tokens(tokenizer, e.output)) for e in examples),
+        "footprint": _peaks(run_device, len(examples), encoded_bytes),
     }
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
-    save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
+    memory.bank = TensorBank({name: t.to(DTYPES[spec.memory.expertDtype]) for name, t in memory.params.items()})
+    try:
+        save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
+    except OSError as error:  # a full disk half way: no partial run folder stays behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise storage.local_error("write the run", str(folder), error) from error
+    footprint = json.loads((folder / META_NAME).read_text(encoding="utf-8"))["footprint"]
     location = str(folder)
     if remote:
         location = storage.run_uri(spec.output.uri, run_id)
@@ -377,6 +473,7 @@ def run_job(
         result.final_loss,
         recall,
         time.perf_counter() - started,
+        footprint,
         missed[:UNLEARNED_KEPT],
         len(missed),
         args.max_steps,

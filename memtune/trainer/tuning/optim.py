@@ -22,7 +22,8 @@ class SparseOptimizer(abc.ABC):
     def __init__(self, params: dict[str, torch.Tensor], lr: float):
         self.params = params
         self.lr = lr
-        self.steps = torch.zeros(next(iter(params.values())).shape[0], dtype=torch.long)  # (E,)
+        first = next(iter(params.values()))
+        self.steps = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)  # (E,)
         self.state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in params}
 
     @torch.no_grad()
@@ -38,7 +39,8 @@ class SparseOptimizer(abc.ABC):
         """Lazily allocated (E, ...) state; rows never stepped stay zero and cost nothing to compute."""
         table = self.state[name]
         if key not in table:
-            table[key] = torch.zeros(self.params[name].shape[0], *shape)
+            param = self.params[name]
+            table[key] = torch.zeros(param.shape[0], *shape, device=param.device)
         return table[key]
 
     @abc.abstractmethod

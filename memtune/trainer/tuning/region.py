@@ -3,19 +3,19 @@
 A micro-batch of B examples becomes
     prefix k/v  (L, B, kv_heads, P, hd)  left-padded, so every prompt ends at column P
     region      (B, A, d)                right-padded hidden states entering the first expert layer
-    mask        (B, 1, A, P + A)         prefix columns that are not padding, causal inside the region
+    attend      (B, P + A)               key columns that are real tokens (causality and windows: architecture.py)
 and only the expert layers, the final norm and the LM head (at real answer positions) run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from memtune.trainer.mome.base import decoder_layers
+from memtune.trainer.mome.architecture import architecture
 from memtune.trainer.tuning.encode import Encoded
 
 
@@ -28,10 +28,14 @@ class RegionBatch:
     """(B, A, d)"""
     positions: torch.Tensor
     """(B, A) absolute positions of the region tokens (prompt length - 1 onwards)."""
-    mask: torch.Tensor
-    """(B, 1, A, P + A) bool, True = may attend."""
+    attend: torch.Tensor
+    """(B, P + A) bool: the prefix columns that are not padding, then every region column."""
     targets: torch.Tensor
     """(B, A) with -100 on padding."""
+
+    def to(self, device: torch.device) -> RegionBatch:
+        """The batch on `device` (the model's): examples come from the host-side store."""
+        return RegionBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(examples: Sequence[Encoded]) -> RegionBatch:
@@ -53,9 +57,8 @@ def collate(examples: Sequence[Encoded]) -> RegionBatch:
         region[row, :a] = example.region
         targets[row, :a] = example.targets
         positions[row] = torch.arange(p, p + a_max)
-    causal = torch.ones(a_max, a_max, dtype=torch.bool).tril()  # (A, A)
-    mask = torch.cat([prefix_valid[:, None, :].expand(batch, a_max, p_max), causal.expand(batch, a_max, a_max)], 2)
-    return RegionBatch(prefix_k, prefix_v, region, positions, mask[:, None], targets)
+    attend = torch.cat([prefix_valid, torch.ones(batch, a_max, dtype=torch.bool)], 1)  # (B, P + A)
+    return RegionBatch(prefix_k, prefix_v, region, positions, attend, targets)
 
 
 class _PrefixCache:
@@ -76,17 +79,13 @@ class _PrefixCache:
 def region_loss(model: nn.Module, first: int, batch: RegionBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example mean cross-entropy over answer tokens (B,) and whether greedy decoding reproduces the whole
     answer (B,) bool (every answer token is the argmax). Experts must already be active on the hooks."""
-    layers = decoder_layers(model)
-    hidden = batch.region  # (B, A, d)
-    position_embeddings = model.model.rotary_emb(hidden, batch.positions)
-    cache = _PrefixCache(batch, first)
-    for layer_id in range(first, len(layers)):
-        hidden = layers[layer_id](
-            hidden, attention_mask=batch.mask, position_embeddings=position_embeddings, cache=cache
-        )
+    arch = architecture(model)
+    hidden = arch.run_blocks(
+        batch.region, batch.positions, batch.attend, _PrefixCache(batch, first), first
+    )  # (B, A, d)
     valid = batch.targets >= 0  # (B, A)
-    logits = model.lm_head(model.model.norm(hidden[valid]))  # (n_valid, vocab): the head only where loss needs it
+    logits = arch.logits(hidden[valid]).float()  # (n_valid, vocab): the head only where loss needs it
     token_loss = nn.functional.cross_entropy(logits, batch.targets[valid], reduction="none")  # (n_valid,)
-    per_row = torch.zeros(valid.shape, dtype=token_loss.dtype).masked_scatter(valid, token_loss)  # (B, A)
-    wrong = torch.zeros(valid.shape, dtype=torch.bool).masked_scatter(valid, logits.argmax(-1) != batch.targets[valid])
+    per_row = token_loss.new_zeros(valid.shape).masked_scatter(valid, token_loss)  # (B, A)
+    wrong = valid.new_zeros(valid.shape).masked_scatter(valid, logits.argmax(-1) != batch.targets[valid])
     return per_row.sum(1) / valid.sum(1), ~wrong.any(1)

@@ -107,10 +107,13 @@ def _until_exact(loss: torch.Tensor, exact: torch.Tensor, stop_loss: float) -> t
 def _losses(
     setup: TrainSetup, ids: list[int], params: dict[str, torch.Tensor], experts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example answer loss (B,) and exactness (B,) with `experts` (B, k) indexing into `params`."""
-    route = Route(experts, setup.routes.weights[ids])
+    """Per-example answer loss (B,) and exactness (B,), on the bank's device, with `experts` (B, k) indexing into
+    `params`."""
+    device = params["A"].device
+    route = Route(experts.to(device), setup.routes.weights[ids].to(device))
+    batch = collate([setup.examples[i] for i in ids]).to(device)
     with setup.hooks.active(params["A"], params["B"], route, last_only=False):
-        return region_loss(setup.model, setup.first_layer, collate([setup.examples[i] for i in ids]))
+        return region_loss(setup.model, setup.first_layer, batch)
 
 
 @torch.no_grad()
@@ -121,7 +124,7 @@ def evaluate(setup: TrainSetup, batch_size: int, group: RankGroup = SINGLE) -> t
     loss, exact = torch.zeros(count), torch.zeros(count)  # (N,), (N,): each rank fills the questions it owns
     for chunk in _micro_batches(mine, batch_size):
         chunk_loss, chunk_exact = _losses(setup, chunk, setup.params, setup.routes.experts[chunk])
-        loss[chunk], exact[chunk] = chunk_loss, chunk_exact.to(exact.dtype)
+        loss[chunk], exact[chunk] = chunk_loss.cpu(), chunk_exact.cpu().to(exact.dtype)
     return group.sum_(loss), group.sum_(exact) > 0.5
 
 
@@ -136,10 +139,13 @@ def train_experts(
     group: RankGroup = SINGLE,
     optimizer: SparseOptimizer | None = None,
     state: TrainState | None = None,
+    store_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Run up to `args.max_steps` sparse optimizer updates; see the module docstring for the schedule.
 
     Pass the `optimizer` and `state` of a checkpoint to resume; `setup.params` must then hold its bank.
+    `store_dtype` (e.g. bfloat16): the bank is rounded to it before the final evaluation, so the recall reported
+    is that of the weights the run stores.
     """
     optimizer = optimizer or make_optimizer(args.optim, setup.params, args.learning_rate)
     per_step = batch_size * args.gradient_accumulation_steps
@@ -147,6 +153,7 @@ def train_experts(
     state = state or TrainState.fresh(count)
     pending, stay, curve = state.pending, state.stay, state.curve
     started = time.perf_counter() - (curve[-1].seconds if curve else 0.0)
+    device = setup.params["A"].device
     while state.step < args.max_steps:
         while len(state.active) < per_step and pending:
             state.active.append(pending.popleft())
@@ -160,15 +167,16 @@ def train_experts(
             continue
         ids = list(state.active)
         rows, local = torch.unique(setup.routes.experts[ids], return_inverse=True)  # (R,), (S, k)
+        rows = rows.to(device)
         leaves = {name: tensor[rows].clone().requires_grad_() for name, tensor in setup.params.items()}  # (R, ...)
         mine = [position for position, question in enumerate(ids) if group.owns(question)]
         step_losses = torch.zeros(len(ids))  # (S,): each rank fills the questions it owns
         for chunk in _micro_batches(mine, batch_size):
             chunk_ids = [ids[i] for i in chunk]
             batch_losses, batch_exact = _losses(setup, chunk_ids, leaves, local[chunk])  # (b,), (b,)
-            scheduled = _until_exact(batch_losses.detach(), batch_exact, stop_loss)  # (b,)
+            scheduled = _until_exact(batch_losses.detach().cpu(), batch_exact.cpu(), stop_loss)  # (b,)
             # Learned questions add no gradient: pushing them further only overshoots.
-            unlearned = (scheduled >= stop_loss).to(batch_losses.dtype)  # (b,)
+            unlearned = (scheduled >= stop_loss).to(batch_losses.dtype).to(device)  # (b,)
             ((batch_losses * unlearned).sum() / len(ids)).backward()
             step_losses[chunk] = scheduled
         losses = state.losses
@@ -200,5 +208,9 @@ def train_experts(
             on_step(report)
         if on_checkpoint is not None and state.step % args.save_steps == 0:
             on_checkpoint(state, optimizer)
+    if store_dtype is not None:
+        with torch.no_grad():
+            for tensor in setup.params.values():
+                tensor.copy_(tensor.to(store_dtype).to(tensor.dtype))
     final, exact = evaluate(setup, per_step, group)
     return TrainResult(steps=state.step, final_loss=float(final.mean()), losses=final, exact=exact, curve=curve)
