@@ -18,7 +18,8 @@ imported only when needed.
 on JSON answers gives one); otherwise the base model (the same weights, no experts) is shown the question and that
 answer and restates it under constrained decoding, which can only write a JSON object with exactly these keys and
 types (`memtune.trainer.mome.constrained`): the memory recalls, the base model only structures, every value is
-checked.
+checked. With `api_url` (answers from a `memtune serve` endpoint) that restating is not available: several keys
+need an answer that is already a JSON object, and `max_tokens` gives way to `max_new_tokens`.
 """
 
 from __future__ import annotations

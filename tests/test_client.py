@@ -67,6 +67,9 @@ def test_generate_checks_its_arguments_before_loading_a_model(tmp_path):
     with pytest.raises(SpecError, match=r"max_new_tokens: must be a positive integer"):
         tuner.generate("q", max_new_tokens=0)
     assert tuner._generators == {}
+    remote = MemoryTuner(api_url="http://127.0.0.1:9")  # nothing listens: the refusal comes before any request
+    with pytest.raises(SpecError, match=r"max_tokens: counts the prompt's tokens.*give max_new_tokens"):
+        remote.generate("q", max_tokens=64)
 
 
 def _journal(jobs_root, name, **fields):
