@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from memtune.documents import DocumentError, check_document, load_yaml
 from memtune.output_types import json_schema, parse_object
 from memtune.trainer.mome.constrained import SchemaConstraint
 
@@ -47,3 +48,10 @@ def test_a_complete_object_allows_only_the_end_of_turn_or_blanks(tokenizer):
     allowed = torch.isfinite(scores[0]).nonzero()[:, 0].tolist()
     assert tokenizer.eos_token_id in allowed
     assert all(token == tokenizer.eos_token_id or not tokenizer.decode([token]).strip() for token in allowed)
+
+
+def test_importing_the_enforcer_leaves_manifest_dates_refused():
+    """lm-format-enforcer patches SafeLoader's timestamps into strings on import (this module imported it above);
+    constrained.py puts the standard constructor back, so a manifest's date is still refused by its path."""
+    with pytest.raises(DocumentError, match=r"a\.when: a date is not a JSON value"):
+        check_document(load_yaml("a: {when: 2024-01-01}\n"))

@@ -13,9 +13,15 @@ the tokenizer table it needs is built here (same recipe: each token decoded afte
 from __future__ import annotations
 
 import torch
+import yaml
 from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+# Importing lm-format-enforcer makes every SafeLoader in the process read YAML timestamps as strings (its
+# jsonschemaobjectutil patches the shared constructor table). Manifests must go on refusing dates (memtune.documents),
+# so the standard constructor goes back.
+yaml.SafeLoader.yaml_constructors["tag:yaml.org,2002:timestamp"] = yaml.SafeLoader.construct_yaml_timestamp
 
 _TABLES: dict[int, tuple[PreTrainedTokenizerBase, TokenEnforcerTokenizerData]] = {}
 
