@@ -85,8 +85,12 @@ class MemoryTuner:
         *,
         job_name: str | None = None,
         memory: dict[str, Any] | None = None,
+        parent: str | None = None,
+        mode: Literal["replace", "append"] | None = None,
     ) -> MemoryTuningJob:
-        """The MemoryTuningJob that `train` runs; every argument is validated and errors name the field."""
+        """The MemoryTuningJob that `train` runs; every argument is validated and errors name the field.
+
+        parent / mode: `memory.parent` and `memory.mode` (see `train`)."""
         args = parse_finetune_args(finetune_args)
         gpus = parse_gpu_config(gpu_config)
         if isinstance(data_or_dataset_id, str) and _DATASET_ID.match(data_or_dataset_id):
@@ -99,6 +103,11 @@ class MemoryTuner:
             content_id = self.upload_data(data_or_dataset_id)
             dataset = {"id": content_id, "store": self.store}
         name = job_name or f"mt-{content_id[:12]}"
+        memory = dict(memory or {})
+        if parent is not None:
+            memory["parent"] = parent
+        if mode is not None:
+            memory["mode"] = mode
         document = {
             "metadata": {"name": name, **({"namespace": self.namespace} if self.namespace else {})},
             "spec": {
@@ -121,9 +130,17 @@ class MemoryTuner:
         job_name: str | None = None,
         memory: dict[str, Any] | None = None,
         use_cached_model: bool = True,
+        parent: str | None = None,
+        mode: Literal["replace", "append"] | None = None,
     ) -> dict[str, Any]:
-        """Tune on records, a dataset id or a file; returns `model_name` (pass it to `MemoryTuner`) and a summary."""
-        job = self.build_job(data_or_dataset_id, finetune_args, gpu_config, job_name=job_name, memory=memory)
+        """Tune on records, a dataset id or a file; returns `model_name` (pass it to `MemoryTuner`) and a summary.
+
+        parent: grow an earlier memory (a `model_name`, run folder or job output, local or s3://) instead of training
+        from scratch: only new questions and changed answers are trained. mode "replace" (the default) forgets the
+        parent's questions the data no longer holds; "append" keeps them."""
+        job = self.build_job(
+            data_or_dataset_id, finetune_args, gpu_config, job_name=job_name, memory=memory, parent=parent, mode=mode
+        )
         if self.backend == "kubernetes":
             from memtune.cluster import KubernetesBackend
 
