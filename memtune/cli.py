@@ -224,10 +224,17 @@ def serve(
         float, typer.Option(min=0, max=1000, help="How long an idle server waits for more requests to batch.")
     ] = 10.0,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 1024,
-    default_max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens when a request gives none.")] = 128,
+    default_max_tokens: Annotated[
+        int,
+        typer.Option(min=1, help="max_tokens when a request gives none (at least the run's longest answer + 16)."),
+    ] = 128,
     reload_interval: Annotated[
         float, typer.Option(min=0, help="Seconds between checks for a newer run (0: POST /admin/reload only).")
     ] = 0.0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+    ] = "auto",
 ) -> None:
     """Serve a model over HTTP in the OpenAI wire format (/v1/chat/completions, /v1/completions, /v1/models),
     with /healthz, /readyz, /metrics and POST /admin/reload. Set MEMTUNE_API_KEY to require a bearer key.
@@ -249,6 +256,8 @@ def serve(
             max_tokens_limit=max_tokens_limit,
             default_max_tokens=default_max_tokens,
             reload_interval_s=reload_interval,
+            device=device,
+            dtype=dtype,
         )
     except USER_ERRORS as error:
         raise fail(error) from None

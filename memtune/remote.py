@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,16 @@ class RemoteError(RuntimeError):
 
 @dataclass
 class RemoteAnswer:
+    """What the local engine's Answer says, as far as the OpenAI wire format tells it."""
+
     output: str
     route: dict[str, object] | None
-    """{"run", "experts", "distance", "gated"} as the server reports it; None for a base model."""
+    """{"run", "experts", "distance", "gated", "reason"} as the server reports it; None for a base model."""
+    finish_reason: str
+    """"stop" (end of turn) or "length" (cut at the limit)."""
+    completion_tokens: int | None
+    """The limit for an answer cut there; None otherwise (the wire format counts tokens per request, not per
+    answer)."""
 
 
 class RemoteGenerator:
@@ -40,6 +48,7 @@ class RemoteGenerator:
         self.api_key = api_key
         self.timeout_s = timeout_s
         self._model = model
+        self._default_max_tokens: int | None = None
 
     @property
     def model(self) -> str:
@@ -50,11 +59,30 @@ class RemoteGenerator:
             self._model = served[0]
         return self._model
 
-    def generate(self, prompts: list[str], *, max_new_tokens: int = 128, **_: Any) -> list[RemoteAnswer]:
-        """Greedy answers, in order. Raises RemoteError with the server's message on a refusal."""
-        body = {"model": self.model, "prompt": prompts, "max_tokens": max_new_tokens, "temperature": 0}
+    def generate(self, prompts: list[str], *, max_new_tokens: int | None = None, **_: Any) -> list[RemoteAnswer]:
+        """Greedy answers, in order. max_new_tokens None: the server's default for its model (a run's longest
+        trained answer plus a margin, at least its --default-max-tokens). Raises RemoteError with the server's
+        message on a refusal."""
+        limit = max_new_tokens if max_new_tokens is not None else self.default_max_tokens
+        body = {"model": self.model, "prompt": prompts, "max_tokens": limit, "temperature": 0}
         choices = sorted(self._call("POST", "/completions", body)["choices"], key=lambda choice: choice["index"])
-        return [RemoteAnswer(choice["text"].strip(), choice.get("route")) for choice in choices]
+        return [
+            RemoteAnswer(
+                choice["text"].strip(),
+                choice.get("route"),
+                choice["finish_reason"],
+                limit if choice["finish_reason"] == "length" else None,
+            )
+            for choice in choices
+        ]
+
+    @property
+    def default_max_tokens(self) -> int:
+        """The server's max_tokens for a request that gives none, from the model's card."""
+        if self._default_max_tokens is None:
+            card = self._call("GET", f"/models/{urllib.parse.quote(self.model, safe='')}")
+            self._default_max_tokens = int(card["memtune"]["default_max_tokens"])
+        return self._default_max_tokens
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}

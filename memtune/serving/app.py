@@ -49,9 +49,14 @@ class ServeOptions:
     """How long a batch waits for more requests after the first (idle server only: busy, they queue anyway)."""
     max_tokens_limit: int = 1024
     default_max_tokens: int = 128
+    """max_tokens when a request gives none (raised to a run's answer budget: see Server.default_max_tokens)."""
     reload_interval_s: float = 0.0
     """Poll for a newer run this often (0: only POST /admin/reload)."""
     api_key: str | None = None
+    device: str | None = None
+    """None/"auto": CUDA when torch sees a GPU, else the CPU (as `memtune generate --device`)."""
+    dtype: str | None = None
+    """None/"auto": bfloat16 on CUDA, float32 on the CPU."""
 
 
 class Server:
@@ -63,7 +68,7 @@ class Server:
         self.name = options.name or default_model_name(ref)
         self.metrics = ServerMetrics()
         self.batcher = Batcher(self.metrics, max_batch=options.max_batch, window_s=options.batch_window_s)
-        self.reloader = Reloader(ref, self.name, self.batcher, self.metrics)
+        self.reloader = Reloader(ref, self.name, self.batcher, self.metrics, device=options.device, dtype=options.dtype)
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self._on_load_failure = on_load_failure
@@ -104,6 +109,12 @@ class Server:
             )  # fmt: skip
         return model
 
+    def default_max_tokens(self, model: ServedModel) -> int:
+        """max_tokens for a request that gives none: --default-max-tokens, raised to the run's answer budget (its
+        longest trained answer plus a margin, as `memtune generate`) so that no trained answer is cut by default;
+        never above --max-tokens-limit."""
+        return min(max(self.options.default_max_tokens, model.answer_budget), self.options.max_tokens_limit)
+
     def sampling(self, request: ChatRequest | CompletionRequest, prompt_tokens: int, model: ServedModel) -> Sampling:
         """Per-sequence settings, or APIError(400) for a request that cannot fit."""
         room = model.max_context - prompt_tokens
@@ -124,7 +135,7 @@ class Server:
                 f"of {model.max_context} tokens",
                 param="max_tokens", code="context_length_exceeded",
             )  # fmt: skip
-        max_tokens = requested if requested is not None else min(self.options.default_max_tokens, room)
+        max_tokens = requested if requested is not None else min(self.default_max_tokens(model), room)
         if request.min_tokens > max_tokens:
             raise APIError(400, f"min_tokens {request.min_tokens} is above max_tokens {max_tokens}", param="min_tokens")
         return Sampling(
@@ -291,7 +302,7 @@ def create_app(
 
 def _model_card(server: Server, model: ServedModel) -> dict[str, Any]:
     return {"id": server.name, "object": "model", "created": server.created, "owned_by": "memtune",
-            "memtune": model.describe()}  # fmt: skip
+            "memtune": {**model.describe(), "default_max_tokens": server.default_max_tokens(model)}}  # fmt: skip
 
 
 async def _complete(server: Server, request: Request, endpoint: str) -> Response:

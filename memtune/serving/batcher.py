@@ -116,7 +116,8 @@ class Sequence:
             scores[eos] = float("-inf")
         if self._rng is None:
             return
-        probs = torch.softmax(scores / self.sampling.temperature, dim=-1)
+        # on the host: the row's generator lives there, whatever device the model runs on
+        probs = torch.softmax(scores.float().cpu() / self.sampling.temperature, dim=-1)
         if self.sampling.top_p < 1.0:  # nucleus: the smallest set of tokens holding top_p of the mass
             sorted_probs, order = probs.sort(descending=True)
             outside = sorted_probs.cumsum(0) - sorted_probs >= self.sampling.top_p

@@ -18,6 +18,7 @@ from memtune.serving.app import ServeOptions, create_app
 from memtune.serving.contract import ENV_API_KEY
 from memtune.spec import ModelError, is_remote
 from memtune.trainer.mome.base import PACKAGED_MODELS
+from memtune.trainer.mome.devices import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,20 @@ def check_reference(model: str) -> None:
         raise ModelError(f"--model {model!r}: no such folder, and not a known base model alias ({known})")
 
 
-def run_server(model: str, *, host: str, port: int, name: str | None = None, **settings: float) -> int:
-    """Serve until interrupted; returns the process exit code."""
+def run_server(
+    model: str,
+    *,
+    host: str,
+    port: int,
+    name: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    **settings: object,
+) -> int:
+    """Serve until interrupted; returns the process exit code. Raises ModelError or SpecError (a bad --model,
+    --device or --dtype) before anything starts."""
     check_reference(model)
+    resolve_dtype(dtype, resolve_device(device))  # SpecError now rather than in the background load
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -44,7 +56,8 @@ def run_server(model: str, *, host: str, port: int, name: str | None = None, **s
         if server is not None:
             server.should_exit = True
 
-    options = ServeOptions(name=name, api_key=os.environ.get(ENV_API_KEY) or None, **settings)  # type: ignore[arg-type]
+    api_key = os.environ.get(ENV_API_KEY) or None
+    options = ServeOptions(name=name, api_key=api_key, device=device, dtype=dtype, **settings)  # type: ignore[arg-type]
     app = create_app(model, options, on_load_failure)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
     server.run()

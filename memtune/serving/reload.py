@@ -36,8 +36,13 @@ def default_model_name(ref: str) -> str:
 
 
 class Reloader:
-    def __init__(self, ref: str, name: str, batcher: Batcher, metrics: ServerMetrics):
+    def __init__(
+        self, ref: str, name: str, batcher: Batcher, metrics: ServerMetrics, *, device: str | None, dtype: str | None
+    ):
+        """device/dtype: where every run this server loads runs (see engine.prepare)."""
         self.ref = ref
+        self.device = device
+        self.dtype = dtype
         self.name = name
         self.batcher = batcher
         self.metrics = metrics
@@ -48,7 +53,7 @@ class Reloader:
     def load(self) -> ServedModel:
         """The first load (verify, deserialise, attach)."""
         with self._lock:
-            model = self.batcher.swap(prepare(self.ref))
+            model = self.batcher.swap(prepare(self.ref, device=self.device, dtype=self.dtype))
             self.metrics.serving(self.name, model.run_name, model.manifest_sha256)
             log.info("serving %s as %r (run %s)", redact(self.ref), self.name, model.run_name or "-")
             return model
@@ -67,7 +72,7 @@ class Reloader:
             if latest in self.refused:
                 raise ReloadRefused(f"run {latest} was refused: {self.refused[latest]}")
             try:
-                model = self.batcher.swap(prepare(self.ref, current))
+                model = self.batcher.swap(prepare(self.ref, current, device=self.device, dtype=self.dtype))
             except (IntegrityError, ModelError, OSError, ValueError) as error:
                 self.refused[latest] = str(error)
                 self.metrics.reloads.labels(result="refused").inc()

@@ -101,8 +101,7 @@ def live(trained_output: tuple[Path, Path]) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def reference(trained_output: tuple[Path, Path]):
     """The engine itself on the same run: what the server must answer."""
-    from memtune.trainer.mome.generation import load_generator
+    from memtune.trainer.mome.model import MemoryModel
 
-    generator = load_generator(str(trained_output[1]))
-    yield generator
-    generator.close()
+    with MemoryModel.load(str(trained_output[1]), device="cpu") as model:
+        yield model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memtune import MemoryTuner
+from memtune.client import MemoryTunerWarning
 from memtune.remote import RemoteError
 
 pytestmark = pytest.mark.slow
@@ -15,6 +16,9 @@ def test_generate_through_the_server(live, facts) -> None:
     assert tuner.generate(facts[0]["input"]) == facts[0]["output"]
     assert tuner.generate([f["input"] for f in facts], max_new_tokens=16) == [f["output"] for f in facts]
     assert tuner.generate(facts[3]["input"], output_type={"capital": "str"}) == {"capital": facts[3]["output"]}
+    with pytest.warns(MemoryTunerWarning, match="stopped at the limit of 2 new tokens"):
+        cut = tuner.generate(facts[4]["input"], max_new_tokens=2)  # a two-word answer
+    assert facts[4]["output"].startswith(cut) and cut != facts[4]["output"]
 
 
 def test_named_model_and_refusals(live, facts) -> None:

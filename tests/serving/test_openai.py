@@ -38,6 +38,7 @@ def test_chat_answers_and_routes_like_the_engine(client: openai.OpenAI, facts, r
         assert choice.message.content.strip() == answer.output
         route = choice.route
         assert route["experts"] == answer.route["experts"] and route["gated"] == answer.route["gated"]
+        assert route["reason"] == answer.route["reason"]
         assert route["distance"] == pytest.approx(answer.route["distance"], abs=1e-4)
         assert route["run"] == reference.run.folder.name
         assert reply.system_fingerprint == f"memtune-{route['run']}"

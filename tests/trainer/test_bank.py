@@ -116,33 +116,17 @@ def test_devices_auto_detect_and_say_when_there_is_no_accelerator(caplog: pytest
         resolve_device("cuda")
 
 
-class _Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.mlp = nn.Linear(6, 6)
-
-
-class _Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([_Block(), _Block()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer.mlp(x)
-        return x
-
-
 def test_float32_experts_add_to_a_bfloat16_model_in_its_dtype() -> None:
-    model = _Tiny()
-    params = init_experts(2, 2, 6, 2, torch.Generator().manual_seed(0))
+    from tests.trainer.test_units import _tiny_llama
+
+    model = _tiny_llama()
+    params = init_experts(2, 2, 8, 2, torch.Generator().manual_seed(0))
     params["B"].normal_()
     route = Route(torch.tensor([[1, 0]]), torch.tensor([[1.0, 0.0]]))
-    x = torch.randn(1, 3, 6)
+    ids = torch.randint(1, 16, (1, 3), generator=torch.Generator().manual_seed(1))
     hooks = ExpertHooks(model, [0, 1])
-    with hooks.active(params["A"], params["B"], route, last_only=False):
-        full = model(x)
-        half = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    with torch.no_grad(), hooks.active(params["A"], params["B"], route, last_only=False):
+        full = model(input_ids=ids).logits
+        half = model.to(torch.bfloat16)(input_ids=ids).logits
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)

@@ -20,10 +20,12 @@ def _single_prefill(model, prompts: list[str], max_new_tokens: int):
     """Generation as it was before the split prefill (commit f688b0f's Generator): one prefill over the whole prompt,
     routed from a pre-hook at the key layer, experts armed at the last prompt position and every decoded token."""
     from memtune.trainer.mome.base import decoder_layers
+    from memtune.trainer.mome.devices import EXPERT_DTYPE
     from memtune.trainer.mome.keys import pool_keys, tokenize_prompt
 
     tokenizer, memory = model.tokenizer, model.memory
-    params = memory.params  # the whole bank in RAM, as the old generator held it
+    # the whole bank in RAM, as the old generator held it, in the dtype experts compute in (stored: bfloat16)
+    params = {name: tensor.to(EXPERT_DTYPE) for name, tensor in memory.params.items()}
     tokens = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
     width, pad = max(len(t.ids) for t in tokens), tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(t.ids)) + t.ids for t in tokens])
@@ -117,6 +119,53 @@ def test_answers_say_how_they_finished_and_the_default_budget_covers_the_longest
         tuned.generate([question], max_new_tokens=10**6)
 
 
+def test_generate_batch_hands_decoding_to_the_caller(tuned, facts) -> None:
+    """The server's hook: routes reported once before any decoding step, processors and stopping criteria per row,
+    and untouched rows answering exactly as `generate` does in the same batch."""
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    from memtune.trainer.mome.keys import tokenize_prompt
+
+    prompts = [facts[0]["input"], UNRELATED[0], facts[4]["input"]]
+    tokens = [tokenize_prompt(tuned.tokenizer, prompt) for prompt in prompts]
+    width = max(len(t.ids) for t in tokens)
+    expected = tuned.generate(prompts, max_new_tokens=12, batch_size=len(prompts))
+    forced = tuned.tokenizer.encode(" Zebra", add_special_tokens=False)[0]
+    events: list[object] = []
+
+    class Force(LogitsProcessor):  # row 1 can only say `forced`
+        def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            events.append(ids.shape[1] - width)
+            scores[1] = float("-inf")
+            scores[1, forced] = 0.0
+            return scores
+
+    class StopRowOneAfterThree(StoppingCriteria):
+        def __call__(self, ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            done = torch.zeros(ids.shape[0], dtype=torch.bool)
+            done[1] = ids.shape[1] - width >= 3
+            return done
+
+    output = tuned.generate_batch(
+        tokens,
+        prompts,
+        max_new_tokens=12,
+        on_route=lambda routes: events.append(routes),
+        logits_processor=LogitsProcessorList([Force()]),
+        stopping_criteria=StoppingCriteriaList([StopRowOneAfterThree()]),
+    )
+    assert events[0] == [a.route for a in expected] and events[1:4] == [0, 1, 2]
+    assert output[1, width : width + 3].tolist() == [forced] * 3
+    assert set(output[1, width + 3 :].tolist()) <= {tuned.tokenizer.pad_token_id}
+    decode = tuned.tokenizer.decode
+    for row in (0, 2):
+        assert decode(output[row, width:].tolist(), skip_special_tokens=True).strip() == expected[row].output
+    with pytest.raises(ValueError, match="one question per prompt"):
+        tuned.generate_batch(tokens, prompts[:2], max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"prompt 0: .*exceed the model's context"):
+        tuned.generate_batch(tokens[:1], prompts[:1], max_new_tokens=10**6)
+
+
 def test_teacher_forcing_applies_the_experts_where_generation_does(tuned, facts) -> None:
     questions, answers = [f["input"] for f in facts], [f["output"] for f in facts]
     scored = tuned.score(questions, answers, end_of_turn=True)
@@ -157,7 +206,7 @@ def test_generate_cli_notes_answers_cut_at_the_limit(trained, facts, tmp_path: P
     assert [(line["output"], line["finish_reason"]) for line in lines] == [(f["output"], "stop") for f in facts[:2]]
     assert "stopped at the limit" not in result.output
     bad = CliRunner().invoke(app, ["generate", "--model", summary.run_dir, "--prompt", "x", "--device", "tpu"])
-    assert bad.exit_code == 2 and "device" in bad.output
+    assert bad.exit_code == 1 and "device" in bad.output  # bad input: exit 1 (failures.py)
 
 
 def test_the_sdk_warns_when_an_answer_is_cut(trained, facts) -> None:

@@ -38,6 +38,14 @@ API (stable: the OpenAI-compatible server builds on it)
         end-of-turn included), prompt_tokens (chat prompt tokens) and route (None for a bare base model).
         Errors (ValueError, before any model work): a prompt that is empty or longer than the model's context with
         max_new_tokens added; max_new_tokens < 1. Calls are serialised by a lock (one batch runs at a time).
+    generate_batch(prompts, questions, *, max_new_tokens, on_route=None, logits_processor=None,
+                   stopping_criteria=None) -> (B, T + n) token ids
+        One batch exactly as `generate` runs it, for callers that steer decoding themselves (the server: per-row
+        sampling, stop strings, streaming). prompts: chat-prompt tokens (keys.tokenize_prompt, or a multi-turn
+        prompt marked the same way); questions: the text each row routes by. on_route(routes) runs once, after
+        routing and before the first decoded token, with Routing.describe per row (all None for a bare base model).
+        logits_processor / stopping_criteria go to transformers' generate (greedy: a processor that leaves a row
+        one finite logit picks that row's token; a criterion returns a (B,) bool of finished rows).
     score(questions, answers, *, end_of_turn=False, batch_size=8) -> list[Scored]
         Teacher-forced: per item, the argmax token and the surprisal (nats) of each gold answer token given the
         prompt and the gold prefix, experts exactly where generation applies them.
@@ -51,12 +59,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
 from memtune.manifest import IntegrityError
 from memtune.trainer.mome.artifacts import RunInfo, load_memory, read_run, resolve_run
@@ -241,26 +249,73 @@ class MemoryModel:
                 answers.extend(self._generate_batch(batch, limit, min_new_tokens))
         return answers
 
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        prompts: Sequence[PromptTokens],
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int,
+        on_route: Callable[[list[dict[str, object] | None]], None] | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+    ) -> torch.Tensor:
+        """One batch of already tokenized prompts through the split prefill, routing and transformers' generate.
+
+        prompts (B,) chat-prompt tokens with their question marked; questions (B,) the text the gate reads per row.
+        Returns (B, T + n) int64 ids on the device: the prompts left-padded to T, then n <= max_new_tokens tokens
+        (pad after a row's end). Raises ValueError, before any model work, for B = 0, mismatched lengths, a prompt
+        ending inside its question, a prompt longer than the context with max_new_tokens added, max_new_tokens < 1.
+        """
+        if not prompts or len(prompts) != len(questions):
+            raise ValueError(f"{len(prompts)} prompts and {len(questions)} questions: give one question per prompt")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        problems = [
+            problem for number, tokens in enumerate(prompts) for problem in self._check(number, tokens, max_new_tokens)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        extra: dict[str, Any] = {"logits_processor": logits_processor, "stopping_criteria": stopping_criteria}
+        with self._lock:
+            batch = self._batch(list(questions), list(prompts))
+            output, _ = self._decode(batch, max_new_tokens, on_route, **extra)
+        return output
+
     def _generate_batch(self, batch: _Batch, max_new_tokens: int, min_new_tokens: int) -> list[Answer]:
+        output, routing = self._decode(batch, max_new_tokens, None, min_new_tokens=min_new_tokens)
+        return self._answers(batch, output, routing)
+
+    def _decode(
+        self,
+        batch: _Batch,
+        max_new_tokens: int,
+        on_route: Callable[[list[dict[str, object] | None]], None] | None,
+        **extra: Any,
+    ) -> tuple[torch.Tensor, Routing | None]:
+        """Prefill, route, arm, then transformers' generate from the last prompt token; `extra` goes to generate."""
         options = {
             "attention_mask": batch.attention,
             "max_new_tokens": max_new_tokens,
-            "min_new_tokens": min_new_tokens,
             "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            **{name: value for name, value in extra.items() if value is not None},
         }
         if self.memory is None:
-            output = self.base.model.generate(batch.ids, **options)
-            return self._answers(batch, output, None)
+            if on_route is not None:
+                on_route([None] * len(batch.prompts))
+            return self.base.model.generate(batch.ids, **options), None
         prefill = self._prefill(batch)
         routing = self._route(batch, prefill)
+        if on_route is not None:
+            on_route([routing.describe(row) for row in range(len(batch.prompts))])
         self._arm(routing, last_only=True)
         try:
             output = self.base.model.generate(batch.ids, cache=prefill.cache, **options)
         finally:
             self.hooks.clear()
-        return self._answers(batch, output, routing)
+        return output, routing
 
     def _answers(self, batch: _Batch, output: torch.Tensor, routing: Routing | None) -> list[Answer]:
         width = batch.ids.shape[1]
@@ -355,17 +410,26 @@ class MemoryModel:
             except ValueError as error:
                 problems.append(f"prompt {number}: {error}")
                 continue
-            if prompt_tokens.question_mask[-1]:
-                problems.append(f"prompt {number}: the chat prompt ends inside the question (no turn marker after it)")
-            if self._context is not None and len(prompt_tokens.ids) + max_new_tokens > self._context:
-                problems.append(
-                    f"prompt {number}: {len(prompt_tokens.ids)} prompt tokens + max_new_tokens {max_new_tokens} "
-                    f"exceed the model's context of {self._context} tokens"
-                )
+            problems.extend(self._check(number, prompt_tokens, max_new_tokens))
             tokens.append(prompt_tokens)
         if problems:
             raise ValueError("; ".join(problems))
         return tokens
+
+    def _check(self, number: int, tokens: PromptTokens, max_new_tokens: int) -> list[str]:
+        """What keeps one tokenized prompt from being generated from (the key needs the question before the last
+        prompt token, which only decoding runs), or []."""
+        problems = []
+        if len(tokens.ids) != len(tokens.question_mask) or not any(tokens.question_mask[:-1]):
+            return [f"prompt {number}: no question tokens marked before the last prompt token"]
+        if tokens.question_mask[-1]:
+            problems.append(f"prompt {number}: the chat prompt ends inside the question (no turn marker after it)")
+        if self._context is not None and len(tokens.ids) + max_new_tokens > self._context:
+            problems.append(
+                f"prompt {number}: {len(tokens.ids)} prompt tokens + max_new_tokens {max_new_tokens} "
+                f"exceed the model's context of {self._context} tokens"
+            )
+        return problems
 
     def _batch(self, prompts: list[str], tokens: list[PromptTokens]) -> _Batch:
         width = max(len(t.ids) for t in tokens)
