@@ -137,7 +137,10 @@ def open_parent(uri: str) -> ParentRef:
     folder = resolve_run(uri, Path(scratch) / "runs-cache" if scratch else None)
     if folder is None:
         raise SpecError([(FIELD, f"{uri!r} is neither a run folder nor a job output holding committed runs")])
-    run = read_run(folder)
+    try:
+        run = read_run(folder)
+    except IntegrityError as error:  # say which field named the damaged run
+        raise IntegrityError(f"{FIELD}: {error}") from None
     if FACTS_NAME not in run.files:
         raise SpecError(
             [

@@ -83,6 +83,12 @@ class RunSummary:
     footprint: dict[str, Any] | None = None
     """What the memory costs per trained fact: its files on disk (artifacts.py) and the peaks while training
     (`_peaks`); None for a reused run of an older memtune."""
+    parent: dict[str, Any] | None = None
+    """A grown memory's parent run {uri, run_id, manifest_sha256, cache_key} (incremental.py); None without one."""
+    diff: dict[str, int] | None = None
+    """A grown memory's questions against its parent's: added, updated, forgotten, unchanged, kept_by_append,
+    retrained (unchanged questions trained again because they share or route through a trained expert),
+    forgotten_gated (forgotten questions the gate closes on)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,6 +341,8 @@ def run_job(
     started = time.perf_counter()
     spec, args = job.spec, job.spec.finetuneArgs
     examples = load_examples(spec.dataset, args.max_finetuning_examples)
+    # the parent is found and its checksums verified before the base model loads: a bad one costs nothing
+    parent_ref = open_parent(spec.memory.parent) if spec.memory.parent is not None else None
     run_device = resolve_device(device) if base is None else base.device
     run_dtype = resolve_dtype(dtype, run_device) if base is None else next(base.model.parameters()).dtype
     if base is None:
@@ -347,7 +355,6 @@ def run_job(
         args.max_length,
     )
     data_id = dataset_id(examples)
-    parent_ref = open_parent(spec.memory.parent) if spec.memory.parent is not None else None
     key = cache_key(base.sha256, data_id, job, parent_ref.identity if parent_ref is not None else None)
     if use_cached_model and (previous := reusable_run(spec.output.uri, key)) is not None:
         location, meta = previous
@@ -361,6 +368,8 @@ def run_job(
             metrics["recall"],
             time.perf_counter() - started,
             meta.get("footprint"),
+            meta.get("parent"),
+            meta.get("diff"),
         )
 
     # Every check that can fail runs before training: the layout, the parent, and that the run can be written.
@@ -476,5 +485,13 @@ def run_job(
     except storage.StorageError as error:  # the run is committed: a leftover checkpoint only costs space
         log.warning("could not delete the checkpoints at %s: %s", checkpoints, error)
     return RunSummary(
-        location, False, result.steps, result.final_loss, recall, time.perf_counter() - started, footprint
+        location,
+        False,
+        result.steps,
+        result.final_loss,
+        recall,
+        time.perf_counter() - started,
+        footprint,
+        meta.get("parent"),
+        meta.get("diff"),
     )
