@@ -101,5 +101,5 @@ def test_sdk_train_arguments_name_the_parent(tmp_path: Path) -> None:
     tuner = MemoryTuner(store=str(tmp_path / "store"), output_root=str(tmp_path / "jobs"))
     job = tuner.build_job(FACTS, {"max_steps": 7}, parent="s3://bucket/jobs/v1", mode="append")
     assert job.spec.memory.parent == "s3://bucket/jobs/v1" and job.spec.memory.mode == "append"
-    with pytest.raises(SpecError, match="set memory.parent"):
+    with pytest.raises(SpecError, match=r"set memory\.parent"):
         tuner.build_job(FACTS, mode="append")
