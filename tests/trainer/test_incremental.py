@@ -154,13 +154,16 @@ def test_append_keeps_what_the_dataset_no_longer_holds(grown, facts, base, tmp_p
     assert mine.read_bytes() == theirs.read_bytes()
 
 
-def test_forget_command_commits_a_run_without_the_questions(grown, facts, tmp_path: Path) -> None:
+def test_forget_command_commits_a_run_without_the_questions(
+    grown, facts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from memtune.cli import app
     from memtune.trainer.mome.model import MemoryModel
 
     _, job, summary = grown
+    monkeypatch.setenv("MEMTUNE_HOME", str(tmp_path / "home"))  # where forget stores the remaining facts' dataset
     questions = write_jsonl(tmp_path / "q.jsonl", [{"input": facts[0]["input"]}])
     result = CliRunner().invoke(app, ["forget", "--model", summary.run_dir, "--input-file", str(questions)])
     assert result.exit_code == 0, result.output
