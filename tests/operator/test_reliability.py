@@ -229,7 +229,10 @@ async def test_rbac_is_exactly_what_the_operator_calls_and_metrics_count_it(
     await until(lambda: cluster.status("refused").get("phase") == "Failed")
 
     granted = {(group, resource, verb) for (group, resource), verbs in chart_grants().items() for verb in verbs}
-    assert cluster.emulator.used == granted
+    # The same role carries the MemoryModel controller's grants (serving.py), which no MemoryTuningJob uses.
+    serving = {("memtune.dev", "memorymodels"), ("memtune.dev", "memorymodels/status"), ("apps", "deployments")}
+    serving.add(("", "services"))
+    assert cluster.emulator.used == {grant for grant in granted if grant[:2] not in serving}
     after = _scrape()
 
     def delta(name: str, **labels: str) -> float:
