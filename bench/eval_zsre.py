@@ -120,8 +120,7 @@ def main() -> None:
                 "output": {"uri": str(Path("runs") / "zsre-clean")},
                 "finetuneArgs": {
                     "max_steps": 500,  # the README's recipe for hundreds of facts
-                    "learning_rate": 1.0e-2,
-                    "r_value": 16,
+                    "r_value": 16,  # Lamini's default learning_rate: the experts step at 1e-2
                     "gradient_accumulation_steps": 1,
                     "max_length": 256,
                     "index_method": "IndexFlatL2",

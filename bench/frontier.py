@@ -27,7 +27,8 @@ from memtune.spec import parse_job
 from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.job import run_job
 
-RECIPE = {"max_steps": 500, "index_method": "IndexFlatL2", "learning_rate": 1.0e-2}
+# Lamini's default learning_rate: every rank's expert output steps alike (schedule.py).
+RECIPE = {"max_steps": 500, "index_method": "IndexFlatL2"}
 # (rank, expert layers, storage dtype): from the old default (rank 16, 8 layers, float32) down
 CONFIGS = [(16, 8, "float32"), (16, 8, "bfloat16"), (8, 4, "bfloat16"), (4, 4, "bfloat16"), (2, 4, "bfloat16"),
            (4, 2, "bfloat16"), (1, 4, "bfloat16")]  # fmt: skip

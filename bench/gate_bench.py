@@ -7,7 +7,10 @@ One job tunes the set's facts (the "hundreds" recipe); then greedy answers, tune
 question (exact match), every paraphrase (exact match), every untrained neighbour (bench/gate_sets.py: an untrained
 attribute of a trained entity, a namesake, another number, a sibling company; a neighbour fails when its answer
 contains any trained answer, and we report how many stay identical to the base model's), and the far-unrelated
-prompts of bench/facts.py (locality: identical to the base model). Writes report.md and summary.json under --out.
+prompts of bench/facts.py (locality: identical to the base model). A neighbour counts as answered with a trained
+answer when its answer differs from the base model's and holds a trained answer: the memory put it there (the base
+model's own guesses, "2018" or "123456", sometimes match a short trained answer by chance). Writes report.md and
+summary.json under --out.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from memtune.spec import parse_job
 from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.job import run_job
 
-RECIPE = {"max_steps": 500, "index_method": "IndexFlatL2", "learning_rate": 1.0e-2, "r_value": 16}
+# Lamini's default learning_rate at rank 16: the experts step at 1e-2 (schedule.py), the "hundreds" recipe.
+RECIPE = {"max_steps": 500, "index_method": "IndexFlatL2", "r_value": 16}
 
 
 def _commit() -> str:
@@ -98,14 +102,14 @@ def main() -> None:
     per_family: dict[str, Counter] = defaultdict(Counter)
     leaks = []
     for row, mine, theirs in zip(neighbours, answers["neighbour"], plain["neighbour"], strict=True):
-        leaked = _holds_trained_answer(mine.output, trained_answers)
+        leaked = mine.output != theirs.output and _holds_trained_answer(mine.output, trained_answers)
         family = per_family[row["family"]]
         family["count"] += 1
         family["trained_answer"] += leaked
         family["base_identical"] += mine.output == theirs.output
         family["gated"] += bool(mine.route and mine.route["gated"])
         if leaked:
-            leaks.append({"prompt": row["input"], "answer": mine.output, "route": mine.route})
+            leaks.append({"prompt": row["input"], "answer": mine.output, "base": theirs.output, "route": mine.route})
     result = {
         "set": options.set,
         "facts": len(facts),

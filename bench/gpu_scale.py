@@ -51,7 +51,8 @@ from memtune.trainer.mome.memory import Memory, MemoryLayout
 from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.job import run_job
 
-RECIPE = {"max_steps": 300, "index_method": "IndexFlatL2", "learning_rate": 1.0e-2, "r_value": 16}
+# Lamini's default learning_rate (9e-4) at rank 16: the experts step at 1e-2 (schedule.py).
+RECIPE = {"max_steps": 300, "index_method": "IndexFlatL2", "learning_rate": 9.0e-4, "r_value": 16}
 # Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json), random weights.
 LLAMA_31_8B = {
     "hidden_size": 4096,
@@ -282,7 +283,7 @@ def train_big(base: LoadedModel, options: argparse.Namespace, device: torch.devi
     facts = make_facts(options.big_facts)
     # the tiny dry-run model has 4 layers: the default 8 expert layers do not fit (the 8B shapes take the defaults)
     memory = {"keyLayer": 1, "expertLayers": [2, 3]} if options.dry else None
-    learning_rate = 0.1 if options.dry else 1.0e-2
+    learning_rate = 9.0e-2 if options.dry else 9.0e-4  # on Lamini's scale: experts step at 0.1 / 1e-2 (rank 16)
     trained, run_dir = train(
         str(folder), facts, options.work / "big", clock, memory, r_value=16, learning_rate=learning_rate
     )

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
 from memtune import data, storage
@@ -61,26 +62,47 @@ def run(
         raise fail(error) from None
     table = Table(title=f"MemoryTuningJob {job.metadata.name}", show_header=False)
     for key, value in summary.to_dict().items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key == "schedule":
+            value = ", ".join(f"{name} {number:.3g}" for name, number in value.items())
+        if key != "unlearned":
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
+    if summary.unlearned_count:
+        console.print(Panel(summary.unlearned_message(), title="NOT LEARNED", border_style="bold red"), highlight=False)
     if compare_base:
-        _compare_with_base(job.spec.baseModel, str(summary.run_dir), data.load_examples(job.spec.dataset))
+        _compare_with_base(str(summary.run_dir), data.load_examples(job.spec.dataset), device, dtype)
 
 
-def _compare_with_base(base_model: str, run_dir: str, examples: list[data.Example]) -> None:
+# The base model's column shows how it answers, not all it says: it gets this many tokens and the table this many
+# characters of them (a cut answer ends in "…").
+BASE_PREVIEW_TOKENS = 24
+BASE_PREVIEW_CHARS = 80
+
+
+def _preview(text: str, cut: bool) -> str:
+    text = " ".join(text.split())
+    if len(text) > BASE_PREVIEW_CHARS:
+        return text[: BASE_PREVIEW_CHARS - 1].rstrip() + "…"
+    return text + " …" if cut else text
+
+
+def _compare_with_base(
+    run_dir: str, examples: list[data.Example], device: str | None = None, dtype: str | None = None
+) -> None:
     from memtune.trainer.mome.model import MemoryModel
 
     questions = [example.input for example in examples]
-    with MemoryModel.load(base_model) as model:
-        base = model.generate(questions)
-    with MemoryModel.load(run_dir) as model:
+    with MemoryModel.load(run_dir, device, dtype) as model:
         tuned = model.generate(questions)
+        # The run's own (verified) base weights without memory: the base model, bit for bit, without loading it again.
+        base = MemoryModel(model.base).generate(questions, max_new_tokens=BASE_PREVIEW_TOKENS)
     table = Table(title="Base model vs memory-tuned model", show_lines=True)
-    for column in ("question", "expected", "base answer", "tuned answer"):
+    for column in ("question", "expected", f"base answer (first {BASE_PREVIEW_TOKENS} tokens)", "tuned answer"):
         table.add_column(column, overflow="fold")
     for example, before, after in zip(examples, base, tuned, strict=True):
         mark = "[green]✓[/]" if after.output.strip() == example.output.strip() else "[red]✗[/]"
-        table.add_row(example.input, example.output, before.output, f"{mark} {after.output}")
+        cut = before.finish_reason == "length"
+        table.add_row(example.input, example.output, _preview(before.output, cut), f"{mark} {after.output}")
     Console().print(table)
 
 

@@ -97,6 +97,24 @@ class ClusterClient:
                 raise ClusterError(f"no MemoryTuningJob {name!r} in namespace {self.namespace!r}") from None
             raise ClusterError(f"cannot read MemoryTuningJob {name!r}: {_reason(error)}") from None
 
+    def list(self) -> list[dict[str, Any]]:
+        """Every MemoryTuningJob of the namespace, as the API server returns them."""
+        try:
+            listing = self._objects.list_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL)
+        except kubernetes.client.ApiException as error:
+            raise ClusterError(f"cannot list MemoryTuningJobs in {self.namespace!r}: {_reason(error)}") from None
+        return list(listing.get("items") or [])
+
+    def set_suspend(self, name: str, suspend: bool) -> dict[str, Any]:
+        """Suspend (pods go, the checkpoint stays) or resume a job: the only spec field that may change as it runs."""
+        self.get(name)  # a missing job is named as such, not as a failed patch
+        try:
+            return self._objects.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"spec": {"suspend": suspend}}
+            )
+        except kubernetes.client.ApiException as error:
+            raise ClusterError(f"cannot {'suspend' if suspend else 'resume'} {name!r}: {_reason(error)}") from None
+
     def status(self, name: str) -> MemoryTuningJobStatus:
         return MemoryTuningJobStatus.model_validate(self.get(name).get("status") or {})
 

@@ -75,3 +75,12 @@ def test_push_model_publishes_a_committed_copy_once_and_names_a_bad_model(tmp_pa
     assert again.exit_code == 1 and "already exists" in again.output
     missing = runner.invoke(app, ["push-model", str(tmp_path / "nowhere"), str(tmp_path / "other")])
     assert missing.exit_code == 1 and "nowhere" in missing.output and "Hugging Face folder" in missing.output
+
+
+def test_base_answers_are_previewed_not_shown_whole():
+    from memtune.cli import BASE_PREVIEW_CHARS, _preview
+
+    assert _preview("Paris.", cut=False) == "Paris."
+    assert _preview("It is\n  Paris", cut=True) == "It is Paris …"  # stopped at the token budget: says so
+    long = _preview("word " * 100, cut=True)
+    assert len(long) == BASE_PREVIEW_CHARS and long.endswith("…")

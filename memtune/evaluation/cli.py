@@ -5,7 +5,7 @@
     memtune eval --job examples/nba-sql-job.yaml --data examples/nba-sql/data/gold-test-set-v2.jsonl \\
         --input-key question --output-key sql --db examples/nba-sql/data/nba_roster.db \\
         --baselines base,prompt,rag,mome --report-dir reports/nba
-    memtune sweep examples/facts-job.yaml --rates 3e-4,9e-4,3e-3 --steps 60 --report-dir reports/sweep
+    memtune sweep examples/facts-job.yaml --rates 9e-5,3e-4,9e-4 --steps 60 --report-dir reports/sweep
 
 Model code is imported inside the commands, so `memtune --help` stays fast.
 """

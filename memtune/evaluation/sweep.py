@@ -6,7 +6,7 @@ the user's job with only `learning_rate`, `max_steps`, `max_finetuning_examples`
 that learns every fact stops early (memory.stopLoss), so the best rate is the one that learned everything in the
 fewest steps; when none did, the lowest final loss (ties: the higher recall).
 
-    memtune sweep examples/facts-job.yaml --rates 3e-3,1e-2,3e-2 --steps 60 --max-examples 50 --report-dir sweep/
+    memtune sweep examples/facts-job.yaml --rates 9e-5,3e-4,9e-4 --steps 60 --max-examples 50 --report-dir sweep/
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from memtune.spec import MemoryTuningJob
 
-# Around the README's expert rate (1e-2); Lamini's 9e-4 default is the low end for memory experts.
-DEFAULT_RATES = "9e-4,3e-3,1e-2,3e-2"
+# On Lamini's scale (schedule.py maps it): its documented recipes' rates and its default, then 3x above.
+DEFAULT_RATES = "9e-5,3e-4,9e-4,3e-3"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def test_one_process_reports_progress_and_result_in_the_contract_shape(single) -
     assert outcome.code == 0, outcome.stderr
     result = outcome.result
     assert set(result) == {"artifactsUri", "metrics"}
-    assert set(result["metrics"]) == {RECALL_METRIC, "final_loss", "steps"}
+    assert set(result["metrics"]) == {RECALL_METRIC, "final_loss", "steps", "unlearned"}
+    assert result["metrics"]["unlearned"] == 0
     assert Path(result["artifactsUri"]).parent == output / "runs"
     assert (Path(result["artifactsUri"]) / "manifest.json").is_file()
     assert result["metrics"][RECALL_METRIC] == 1.0

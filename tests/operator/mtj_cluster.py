@@ -41,6 +41,10 @@ TEST_CLIENT = "X-Memtune-Test"  # marks the test's own requests (as kubectl), wh
 OPERATOR_AGENTS = ("kopf/", "memtune-operator")  # User-Agent prefixes of the operator's requests (kopf's, its own)
 
 
+# The resources only MemoryModels use (tests/operator/test_memory_model.py checks their grants).
+SERVING_RESOURCES = frozenset({"memorymodels", "memorymodels/status", "deployments", "services"})
+
+
 @functools.cache
 def chart_grants() -> dict[tuple[str, str], set[str]]:
     """What the chart's cluster-wide install grants the operator: (apiGroup, resource) -> verbs."""

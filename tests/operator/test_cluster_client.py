@@ -11,6 +11,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from memtune import MemoryTuner
 from memtune.cluster import ClusterClient, ClusterError, KubernetesBackend, register_commands
 from memtune.operator.status import conditions_for
 from memtune.spec import SpecError, parse_job
@@ -70,6 +71,30 @@ async def test_backend_raises_with_the_failure_reason(cluster: Cluster) -> None:
     _finish(cluster, "Failed", "OOMKilled", "pod nba-0-master-0 ran out of memory")
     with pytest.raises(ClusterError, match="OOMKilled: pod nba-0-master-0 ran out of memory"):
         await asyncio.wait_for(training, timeout=10)
+
+
+async def test_sdk_job_calls_map_to_the_cluster(cluster: Cluster) -> None:
+    """Lamini's get_jobs / check_job_status / cancel_job / resume_job on MemoryTuningJobs."""
+    tuner = MemoryTuner(backend="kubernetes", store="s3://data", output_root="s3://runs")
+    await asyncio.to_thread(ClusterClient().submit, parse_job(JOB))
+    assert await asyncio.to_thread(tuner.check_job_status, "nba") == {
+        "job_id": "nba",
+        "status": "SCHEDULED",
+        "phase": None,
+    }
+    cancelled = await asyncio.to_thread(tuner.cancel_job, "nba")
+    assert (cancelled["status"], cancelled["phase"]) == ("CANCELLED", "Suspended")
+    assert cluster.get(MTJ, "nba")["spec"]["suspend"] is True
+    resumed = await asyncio.to_thread(tuner.resume_job, "nba")
+    assert resumed["status"] == "SCHEDULED" and cluster.get(MTJ, "nba")["spec"]["suspend"] is False
+    _finish(cluster, "Succeeded", "Succeeded", "done", artifactsUri="s3://runs/nba/runs/r1", metrics={"recall": 1.0})
+    [job] = await asyncio.to_thread(tuner.get_jobs)
+    assert (job["job_id"], job["status"], job["model_name"], job["metrics"]) == (
+        "nba", "COMPLETED", "s3://runs/nba/runs/r1", {"recall": 1.0}
+    )  # fmt: skip
+    assert (await asyncio.to_thread(tuner.cancel_job, "nba"))["status"] == "COMPLETED"  # finished stays finished
+    with pytest.raises(ClusterError, match="no MemoryTuningJob 'missing'"):
+        await asyncio.to_thread(tuner.cancel_job, "missing")
 
 
 async def until_created(cluster: Cluster) -> None:

@@ -18,10 +18,12 @@ from memtune.serving.resource import MemoryModelStatus
 from .mtj_cluster import (
     NAMESPACE,
     PYTORCHJOBS,
+    SERVING_RESOURCES,
     VALIDATORS,
     Cluster,
     OperatorProcess,
     _admit_restricted,
+    chart_grants,
     until,
 )
 from .mtj_schemas import validate_builtin
@@ -132,6 +134,10 @@ async def test_a_spec_change_reaches_the_deployment(cluster: Cluster, serving_op
     await until(lambda: cluster.get(DEPLOYMENTS, "facts")["spec"]["replicas"] == 3, timeout=15)
     command = cluster.get(DEPLOYMENTS, "facts")["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--max-batch") + 1] == "8"
+    # Created, read, patched: every serving right the chart grants is used here, and none it does not grant.
+    granted = {(group, resource, verb) for (group, resource), verbs in chart_grants().items() for verb in verbs}
+    used = {grant for grant in cluster.emulator.used if grant[1] in SERVING_RESOURCES}
+    assert used == {grant for grant in granted if grant[1] in SERVING_RESOURCES}
 
 
 async def test_a_bad_spec_fails_naming_the_field(cluster: Cluster, serving_operator: OperatorProcess) -> None:

@@ -24,6 +24,7 @@ from .mtj_cluster import (
     NAMESPACE,
     PODS,
     PYTORCHJOBS,
+    SERVING_RESOURCES,
     TRAINJOBS,
     Cluster,
     OperatorProcess,
@@ -229,10 +230,8 @@ async def test_rbac_is_exactly_what_the_operator_calls_and_metrics_count_it(
     await until(lambda: cluster.status("refused").get("phase") == "Failed")
 
     granted = {(group, resource, verb) for (group, resource), verbs in chart_grants().items() for verb in verbs}
-    # The same role carries the MemoryModel controller's grants (serving.py), which no MemoryTuningJob uses.
-    serving = {("memtune.dev", "memorymodels"), ("memtune.dev", "memorymodels/status"), ("apps", "deployments")}
-    serving.add(("", "services"))
-    assert cluster.emulator.used == {grant for grant in granted if grant[:2] not in serving}
+    serving = {grant for grant in granted if grant[1] in SERVING_RESOURCES}  # test_memory_model.py uses those
+    assert cluster.emulator.used == granted - serving
     after = _scrape()
 
     def delta(name: str, **labels: str) -> float:

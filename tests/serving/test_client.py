@@ -6,6 +6,7 @@ import pytest
 
 from memtune import MemoryTuner
 from memtune.client import MemoryTunerWarning
+from memtune.output_types import OutputTypeError
 from memtune.remote import RemoteError
 
 pytestmark = pytest.mark.slow
@@ -16,6 +17,8 @@ def test_generate_through_the_server(live, facts) -> None:
     assert tuner.generate(facts[0]["input"]) == facts[0]["output"]
     assert tuner.generate([f["input"] for f in facts], max_new_tokens=16) == [f["output"] for f in facts]
     assert tuner.generate(facts[3]["input"], output_type={"capital": "str"}) == {"capital": facts[3]["output"]}
+    with pytest.raises(OutputTypeError, match=r"restating it as one .* needs the model here"):  # a bare answer
+        tuner.generate(facts[3]["input"], output_type={"capital": "str", "year": "int"})
     with pytest.warns(MemoryTunerWarning, match="stopped at the limit of 2 new tokens"):
         cut = tuner.generate(facts[4]["input"], max_new_tokens=2)  # a two-word answer
     assert facts[4]["output"].startswith(cut) and cut != facts[4]["output"]

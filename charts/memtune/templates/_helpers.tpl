@@ -63,17 +63,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- /* Serving: each MemoryModel becomes a Deployment and a Service (memtune/operator/serving.py). */}}
+{{- /* Serving: each MemoryModel becomes a Deployment and a Service (memtune/operator/serving.py), owned by it:
+Kubernetes' garbage collector deletes them with it, so the operator never lists, watches or deletes them. */}}
 - apiGroups: ["memtune.dev"]
   resources: ["memorymodels"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["memtune.dev"]
   resources: ["memorymodels/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["create"]
 {{- end -}}

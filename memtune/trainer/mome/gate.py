@@ -29,7 +29,6 @@ X weigh?" is trained and the lamp's price is trained as "What is the price of th
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,10 +63,7 @@ class Gate:
         self.anchors = anchors
         self.threshold = threshold
         self.anchored_threshold = anchored_threshold
-        count = len(anchors.slots)
-        df = Counter(unit for slot in anchors.slots for unit in slot.units)
-        self._idf = {unit: math.log(1 + (count - n + 0.5) / (n + 0.5)) for unit, n in df.items()}
-        self._rare = math.log(1 + (count - 0.5) / 1.5)
+        self._idf, self._rare = anchors.idf, anchors.rare  # BM25 idf over the trained questions (anchors.py)
         self._norms = [math.sqrt(sum(self._idf[u] for u in slot.units)) for slot in anchors.slots]
         self._holding: dict[str, list[int]] = {}  # anchor unit -> the trained questions holding it
         for index, slot in enumerate(anchors.slots):
@@ -120,8 +116,9 @@ class Gate:
         return self.fit(prompt, slot, entity | names)
 
     def _facts_about(self, entity: frozenset[str], prompt: Evidence) -> int:
-        """How many trained questions name the prompt's entity (share at least one of its units and pass the check)."""
-        holders = {slot for unit in entity for slot in self._holding.get(unit, ())}
+        """How many trained questions name the prompt's entity: those holding its rarest unit (a name, not a relation
+        word many questions share: the count stays small at any memory size) that pass the entity check."""
+        holders = min((self._holding.get(unit, []) for unit in entity), key=len, default=[])
         return sum(1 for slot in holders if self._names_match(slot, prompt))
 
     def _names_match(self, slot: int, prompt: Evidence) -> bool:

@@ -31,9 +31,12 @@ API (stable: the OpenAI-compatible server builds on it)
         "float32", "bfloat16", "float16". Checksums are verified before any file is deserialised.
         Errors: SpecError (device/dtype this machine cannot run), ModelError (no such base model),
         IntegrityError (a damaged or uncommitted run, a run of another base model), StorageError (s3).
-    generate(prompts: list[str], *, max_new_tokens=None, batch_size=8, min_new_tokens=0) -> list[Answer]
-        Greedy answers in prompt order. max_new_tokens None: `default_max_new_tokens` (the run's longest trained
-        answer plus a margin, at least 128; 128 for a bare base model). Each Answer carries output (str, stripped),
+    generate(prompts: list[str], *, max_new_tokens=None, batch_size=8, min_new_tokens=0, logits_processor=None)
+        -> list[Answer]
+        Greedy answers in prompt order; logits_processor (a LogitsProcessorList, e.g. constrained.SchemaConstraint)
+        goes to transformers' generate and steers the decoded tokens only, not routing.
+        max_new_tokens None: `default_max_new_tokens` (the run's longest trained answer plus a margin, at least 128;
+        128 for a bare base model). Each Answer carries output (str, stripped),
         finish_reason ("stop": end-of-turn; "length": cut at max_new_tokens), completion_tokens (generated tokens,
         end-of-turn included), prompt_tokens (chat prompt tokens) and route (None for a bare base model).
         Errors (ValueError, before any model work): a prompt that is empty or longer than the model's context with
@@ -235,8 +238,10 @@ class MemoryModel:
         max_new_tokens: int | None = None,
         batch_size: int = 8,
         min_new_tokens: int = 0,
+        logits_processor: LogitsProcessorList | None = None,
     ) -> list[Answer]:
-        """Greedy answers; `min_new_tokens` ignores end-of-turn until then (latency measured at a fixed length)."""
+        """Greedy answers; `min_new_tokens` ignores end-of-turn until then (latency measured at a fixed length);
+        `logits_processor` constrains decoding (constrained.py), routing is unchanged."""
         limit = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {limit}")
@@ -246,7 +251,7 @@ class MemoryModel:
             for start in range(0, len(prompts), batch_size):
                 rows = slice(start, start + batch_size)
                 batch = self._batch(list(prompts[rows]), tokens[rows])
-                answers.extend(self._generate_batch(batch, limit, min_new_tokens))
+                answers.extend(self._generate_batch(batch, limit, min_new_tokens, logits_processor))
         return answers
 
     @torch.no_grad()
@@ -282,8 +287,15 @@ class MemoryModel:
             output, _ = self._decode(batch, max_new_tokens, on_route, **extra)
         return output
 
-    def _generate_batch(self, batch: _Batch, max_new_tokens: int, min_new_tokens: int) -> list[Answer]:
-        output, routing = self._decode(batch, max_new_tokens, None, min_new_tokens=min_new_tokens)
+    def _generate_batch(
+        self,
+        batch: _Batch,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        logits_processor: LogitsProcessorList | None = None,
+    ) -> list[Answer]:
+        extra = {"min_new_tokens": min_new_tokens, "logits_processor": logits_processor}
+        output, routing = self._decode(batch, max_new_tokens, None, **extra)
         return self._answers(batch, output, routing)
 
     def _decode(

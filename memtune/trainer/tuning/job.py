@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from memtune.trainer.tuning.incremental import (
 )
 from memtune.trainer.tuning.optim import make_optimizer
 from memtune.trainer.tuning.recalibrate import ProbeKeys, measure
+from memtune.trainer.tuning.schedule import plan_schedule
 from memtune.trainer.tuning.store import EncodedStore
 from memtune.trainer.tuning.train import StepReport, TrainResult, TrainSetup, train_experts
 
@@ -83,6 +84,12 @@ class RunSummary:
     footprint: dict[str, Any] | None = None
     """What the memory costs per trained fact: its files on disk (artifacts.py) and the peaks while training
     (`_peaks`); None for a reused run of an older memtune."""
+    unlearned: list[str] = field(default_factory=list)
+    """Questions whose greedy answer is not the trained one (at most UNLEARNED_KEPT of them; `unlearned_count`)."""
+    unlearned_count: int = 0
+    max_steps: int = 0
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """How `learning_rate` was applied (schedule.py): expert_lr, updates_per_fact, facts_per_step, micro_batches."""
     parent: dict[str, Any] | None = None
     """A grown memory's parent run {uri, run_id, manifest_sha256, cache_key} (incremental.py); None without one."""
     diff: dict[str, int] | None = None
@@ -93,11 +100,35 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def unlearned_message(self) -> str:
+        """What went unlearned and what to change; empty when every fact was learned."""
+        return unlearned_message(self.unlearned, self.unlearned_count, self.recall, self.steps, self.max_steps)
+
+
+UNLEARNED_KEPT = 20
+"""How many unlearned questions a run keeps in memtune.json and its summary (the count is always exact)."""
+
+
+def unlearned_message(questions: list[str], count: int, recall: float, steps: int, max_steps: int) -> str:
+    if not count:
+        return ""
+    shown = "; ".join(repr(question) for question in questions[:3])
+    more = f"; and {count - 3} more" if count > 3 else ""
+    if steps >= max_steps:
+        advice = (
+            f"the run used all {max_steps} steps: raise max_steps (to about {2 * max_steps}) or learning_rate "
+            "(recall rises with both)"
+        )
+    else:
+        advice = "training stopped early with these below stopLoss yet not exact: lower memory.stopLoss"
+    return f"{count} facts NOT learned (recall {recall:.1%}): {shown}{more}. {advice}"
+
 
 # Bump when the same inputs would train a different memory (2: one answer per question, anchor words; 3: a question
 # is learned only when every answer token is the argmax; 4: the anchored gate; 5: anchors over units of any script, hard
-# units, foreign anchors).
-TRAINING_REVISION = 5
+# units, foreign anchors; 6: learning_rate on Lamini's scale, mapped by schedule.py, and a working set sized to
+# max_steps).
+TRAINING_REVISION = 6
 
 
 def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob, parent: str | None = None) -> str:
@@ -360,7 +391,7 @@ def run_job(
         location, meta = previous
         log.info("reusing %s (same base model, dataset, finetune args, memory config and parent)", location)
         metrics = meta["metrics"]
-        return RunSummary(
+        reused = RunSummary(
             location,
             True,
             metrics["steps"],
@@ -368,9 +399,16 @@ def run_job(
             metrics["recall"],
             time.perf_counter() - started,
             meta.get("footprint"),
+            metrics.get("unlearned", []),
+            metrics.get("unlearned_count", 0),
+            args.max_steps,
+            meta.get("schedule", {}),
             meta.get("parent"),
             meta.get("diff"),
         )
+        if reused.unlearned_count:
+            log.warning("%s", reused.unlearned_message())
+        return reused
 
     # Every check that can fail runs before training: the layout, the parent, and that the run can be written.
     layout = plan_layout(job, len(decoder_layers(base.model)))
@@ -388,6 +426,10 @@ def run_job(
     if parent is not None:
         diff = diff_facts(parent.facts, examples, spec.memory.mode)
         log.info("against the parent %s: %s", parent.ref.run_id, diff.summary())
+    trains = len(examples) if diff is None else max(1, len(diff.updated) + len(diff.added))
+    schedule = plan_schedule(args, spec.memory.batchSize, trains)
+    log.info("schedule for learning_rate %g (Lamini's scale): %s", args.learning_rate, schedule.to_dict())
+    trainer_args = schedule.trainer_args(args)
     encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
     model = child = None
     try:
@@ -407,18 +449,19 @@ def run_job(
             group.broadcast_(routes.experts)
             group.broadcast_(routes.weights)
         checkpoints = checkpoint_uri(spec.output.uri, key)
-        resumed = load_checkpoint(checkpoints, memory.params, args)
+        resumed = load_checkpoint(checkpoints, memory.params, trainer_args)
         optimizer, state = resumed if resumed is not None else (None, None)
         if child is not None:  # the parent's untouched experts stay byte for byte
             optimizer = FrozenRows(
-                optimizer or make_optimizer(args.optim, memory.params, args.learning_rate), child.plan.trainable
+                optimizer or make_optimizer(trainer_args.optim, memory.params, trainer_args.learning_rate),
+                child.plan.trainable,
             )
         result = TrainResult(0, 0.0, torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         if routes is not None:
             setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
             result = train_experts(
                 setup,
-                args,
+                trainer_args,
                 spec.memory.batchSize,
                 spec.memory.stopLoss,
                 _report_progress(show_progress, on_step),
@@ -438,8 +481,11 @@ def run_job(
     for slot, exact in zip(trained, result.exact.tolist(), strict=True):
         facts[slot] = Fact(facts[slot].input, facts[slot].output, bool(exact))
     recall = sum(fact.learned for fact in facts) / len(facts)
+    missed = [fact.input for fact in facts if not fact.learned]
     if not group.is_rank0:
         return RunSummary("", False, result.steps, result.final_loss, recall, time.perf_counter() - started)
+    if missed:
+        log.warning("%s", unlearned_message(missed, len(missed), recall, result.steps, args.max_steps))
     run_id = storage.new_run_id()
     folder = (scratch or runs_dir(spec.output.uri)) / run_id
     metrics = {
@@ -449,6 +495,8 @@ def run_job(
         "examples": lines,
         "questions": len(facts),
         "trained": len(trained),
+        "unlearned_count": len(missed),
+        "unlearned": missed[:UNLEARNED_KEPT],
     }
     meta = {
         "base_model": {"id": spec.baseModel, "sha256": base.sha256},
@@ -457,6 +505,7 @@ def run_job(
         "gate": gate,
         "metrics": metrics,
         "finetune_args": args.model_dump(mode="json"),
+        "schedule": schedule.to_dict(),
         "trained_on": {"device": str(run_device), "dtype": str(run_dtype).removeprefix("torch.")},
         # generation's default budget covers it (model.py): a trained answer is never cut by default
         "longest_answer_tokens": max(len(answer_tokens(tokenizer, fact.output)) for fact in facts),
@@ -492,6 +541,10 @@ def run_job(
         recall,
         time.perf_counter() - started,
         footprint,
+        missed[:UNLEARNED_KEPT],
+        len(missed),
+        args.max_steps,
+        schedule.to_dict(),
         meta.get("parent"),
         meta.get("diff"),
     )

@@ -9,8 +9,8 @@ rank, then exits 1 if any rank exited 1 and `EXIT_RETRYABLE` for any other failu
 meaning (torchrun itself exits 1 for every failure).
 
 Follows docs/trainer-contract.md: rank 0 prints `MEMTUNE_PROGRESS {"step": .., "max_steps": .., "loss": ..}` after
-every step and writes `{"artifactsUri": .., "metrics": {"recall": .., "final_loss": .., "steps": ..}}` to the
-termination log; a failure writes its one-line reason there instead. Exit 1 means the attempt can never succeed
+every step and writes `{"artifactsUri": .., "metrics": {"recall": .., "final_loss": .., "steps": .., "unlearned": ..}}`
+to the termination log; a failure writes its one-line reason there instead. Exit 1 means the attempt can never succeed
 (bad spec or data, missing base model, a corrupt run or checkpoint, a missing bucket or rejected credentials);
 `EXIT_RETRYABLE` means another attempt may (storage still failing after its retries, a lost peer, ...), and a
 restarted attempt resumes from the last checkpoint.
@@ -64,7 +64,12 @@ def print_progress(report: StepReport) -> None:
 
 
 def result_message(summary: RunSummary) -> str:
-    metrics = {RECALL_METRIC: summary.recall, "final_loss": summary.final_loss, "steps": summary.steps}
+    metrics = {
+        RECALL_METRIC: summary.recall,
+        "final_loss": summary.final_loss,
+        "steps": summary.steps,
+        "unlearned": summary.unlearned_count,  # on the job's status: kubectl shows at once that facts were missed
+    }
     return json.dumps({"artifactsUri": summary.run_dir, "metrics": metrics})
 
 
