@@ -28,10 +28,10 @@ NAMESPACED_RULES = {
     ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
     # Serving (MemoryModel): a Deployment and a Service per served memory.
-    ("memtune.dev", "memorymodels"): {"get", "list", "watch", "patch"},
-    ("memtune.dev", "memorymodels/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("memtune.dev", "memorymodels"): {"list", "watch", "patch"},
+    ("memtune.dev", "memorymodels/status"): {"patch"},
+    ("apps", "deployments"): {"get", "create", "patch"},
+    ("", "services"): {"create"},
 }
 # get: is Trainer's TrainJob / Kubeflow's PyTorchJob installed? list, watch: kopf's resource observer.
 CRD_DISCOVERY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
