@@ -3,6 +3,7 @@
     memtune run examples/facts-job.yaml          # tune locally, print a summary
     memtune generate --model runs/facts --prompt "What is the serial number of the Zorvath-7 telescope?"
     memtune serve --model runs/facts --port 8000   # OpenAI-compatible HTTP server (the `serve` extra)
+    memtune forget --model runs/facts --input-file q.jsonl   # a new run without those questions
     memtune upload facts.jsonl                   # store a dataset by content, print its id
     memtune push-model ./my-model s3://bucket/models/my-model   # for `baseModel: s3://bucket/models/my-model`
     memtune crd                                  # the CustomResourceDefinition generated from memtune/spec.py
@@ -175,6 +176,37 @@ def generate(
     else:
         for answer in answers:
             print(answer.output)
+
+
+@app.command()
+def forget(
+    model: Annotated[str, typer.Option(help="The memory: a run folder, or a job output (its newest run); or s3://.")],
+    input_file: Annotated[
+        Path, typer.Option(help="JSONL of objects holding the questions to forget.", exists=True, dir_okay=False)
+    ],
+    input_key: Annotated[str, typer.Option(help="Field of --input-file objects holding the question.")] = "input",
+    output: Annotated[
+        str | None, typer.Option(help="Job output for the new run (default: the one the memory's job wrote to).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:N.")] = None,
+) -> None:
+    """Forget questions: commit a new run of the memory without their experts, keys and index entries, so the base
+    model answers them again. Nothing is trained; the other questions' experts are copied byte for byte.
+    Prints the new run's location last."""
+    try:
+        records = data.read_question_records(input_file, input_key)
+        text = input_file.read_text(encoding="utf-8")
+        # read_question_records skips blank lines (JSON whitespace only): number the records by their file lines
+        lines = [n for n, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1) if raw.strip(" \t\r")]
+        from memtune.trainer.tuning.incremental import forget_job
+        from memtune.trainer.tuning.job import run_job
+
+        job = forget_job(model, [(line, r[input_key]) for line, r in zip(lines, records, strict=True)], output)
+        summary = run_job(job, show_progress=False, device=device)
+    except USER_ERRORS as error:
+        raise fail(error) from None
+    console.print(f"forgot {len(records)} question(s): {summary.run_dir}", highlight=False)
+    print(summary.run_dir)
 
 
 @app.command()

@@ -111,8 +111,12 @@ class MemoryTuner:
         *,
         job_name: str | None = None,
         memory: dict[str, Any] | None = None,
+        parent: str | None = None,
+        mode: Literal["replace", "append"] | None = None,
     ) -> MemoryTuningJob:
-        """The MemoryTuningJob that `train` runs; every argument is validated and errors name the field."""
+        """The MemoryTuningJob that `train` runs; every argument is validated and errors name the field.
+
+        parent / mode: `memory.parent` and `memory.mode` (see `train`)."""
         args = parse_finetune_args(finetune_args)
         gpus = parse_gpu_config(gpu_config)
         if isinstance(data_or_dataset_id, str) and _DATASET_ID.match(data_or_dataset_id):
@@ -125,6 +129,11 @@ class MemoryTuner:
             content_id = self.upload_data(data_or_dataset_id)
             dataset = {"id": content_id, "store": self.store}
         name = job_name or f"mt-{content_id[:12]}"
+        memory = dict(memory or {})
+        if parent is not None:
+            memory["parent"] = parent
+        if mode is not None:
+            memory["mode"] = mode
         document = {
             "metadata": {"name": name, **({"namespace": self.namespace} if self.namespace else {})},
             "spec": {
@@ -150,6 +159,8 @@ class MemoryTuner:
         memory: dict[str, Any] | None = None,
         use_cached_model: bool = True,
         wait: bool = True,
+        parent: str | None = None,
+        mode: Literal["replace", "append"] | None = None,
     ) -> dict[str, Any]:
         """Tune on records, a dataset id or a file; returns Lamini's job dict (`job_id`, `status`, `model_name`, ...)
         plus the run summary (`recall`, `unlearned`, ...).
@@ -158,9 +169,15 @@ class MemoryTuner:
         under `output_root`. It must be a DNS-1035 label (what a MemoryTuningJob name must be). `is_public=True` is
         refused: a self-hosted run is readable by whoever can read `output_root`, and memtune has no hub to share to.
         When some facts end the run unlearned, a warning names them and says what to change (also in the result).
+
+        parent: grow an earlier memory (a `model_name`, run folder or job output, local or s3://) instead of training
+        from scratch: only new questions and changed answers are trained. mode "replace" (the default) forgets the
+        parent's questions the data no longer holds; "append" keeps them.
         """
         name = _job_name(job_name, custom_model_name, is_public)
-        job = self.build_job(data_or_dataset_id, finetune_args, gpu_config, job_name=name, memory=memory)
+        job = self.build_job(
+            data_or_dataset_id, finetune_args, gpu_config, job_name=name, memory=memory, parent=parent, mode=mode
+        )
         dataset_id = job.spec.dataset.id or data.dataset_id(data.load_examples(job.spec.dataset))
         if self.backend == "kubernetes":
             from memtune.cluster import KubernetesBackend

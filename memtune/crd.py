@@ -61,7 +61,12 @@ _MODEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "!has(self.keyLayer) || !has(self.expertLayers) || self.expertLayers.all(l, l > self.keyLayer)",
             "message": "keyLayer must be below every expert layer, so that experts never move the keys",
-        }
+        },
+        {
+            "rule": "!has(self.mode) || self.mode != 'append' || has(self.parent)",
+            "message": "mode 'append' adds to a parent memory: set memory.parent as well",
+        },
+        _no_userinfo("parent"),
     ],
     "FinetuneArgs": [
         {

@@ -254,6 +254,27 @@ class MemoryConfig(_Strict):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of every random choice (initialisation, sampling, clustering)."
     )
+    parent: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_URI_LENGTH,
+        description="Grow this memory from an earlier one: a run folder or a job output (its newest committed run), "
+        "local or s3://, verified by checksum. Only questions that are new or whose answer changed are trained; the "
+        "parent's other experts are kept byte for byte.",
+    )
+    mode: Literal["replace", "append"] = Field(
+        "replace",
+        description="With a parent: replace forgets the parent's questions that the dataset no longer holds (their "
+        "experts, keys and index entries are removed); append keeps them.",
+    )
+
+    _credentials_free = field_validator("parent")(_no_userinfo)
+
+    @model_validator(mode="after")
+    def _append_needs_parent(self) -> MemoryConfig:
+        if self.mode == "append" and self.parent is None:
+            raise ValueError("mode 'append' adds to a parent memory: set memory.parent as well")
+        return self
 
     @model_validator(mode="after")
     def _key_below_experts(self) -> MemoryConfig:
@@ -545,7 +566,7 @@ def is_remote(uri: str) -> bool:
 
 
 def resolve_local_paths(job: MemoryTuningJob, base_dir: str | Path) -> MemoryTuningJob:
-    """Anchor relative local paths of a manifest (dataset, output, base model folder) at `base_dir`."""
+    """Anchor relative local paths of a manifest (dataset, output, parent memory, base model folder) at `base_dir`."""
     base = Path(base_dir)
 
     def anchor(uri: str | None) -> str | None:
@@ -560,6 +581,7 @@ def resolve_local_paths(job: MemoryTuningJob, base_dir: str | Path) -> MemoryTun
             update={"uri": anchor(spec.dataset.uri), "store": anchor(spec.dataset.store)}
         ),
         "output": spec.output.model_copy(update={"uri": anchor(spec.output.uri)}),
+        "memory": spec.memory.model_copy(update={"parent": anchor(spec.memory.parent)}),
     }
     model_path = spec.baseModel
     if not is_remote(model_path) and (model_path.startswith((".", "/", "~", "file://")) or "/" in model_path):
@@ -578,4 +600,6 @@ def local_paths_in(spec: MemoryTuningJobSpec) -> list[tuple[str, str]]:
         found.append(("spec.dataset.store", spec.dataset.store))
     if not is_remote(spec.output.uri):
         found.append(("spec.output.uri", spec.output.uri))
+    if spec.memory.parent is not None and not is_remote(spec.memory.parent):
+        found.append(("spec.memory.parent", spec.memory.parent))
     return found

@@ -15,7 +15,7 @@ runner = CliRunner()
 
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "memtune.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("run", "generate", "upload", "push-model", "eval", "crd"):
+    for command in ("run", "generate", "forget", "upload", "push-model", "eval", "crd"):
         assert command in result.stdout
 
 

@@ -46,8 +46,9 @@ async def test_suspend_flows_to_the_child_and_back(cluster: Cluster, operator: O
         ({"output": {"uri": "s3://runs/x"}}, "InvalidSpec", "spec.dataset"),
         ({**SPEC, "dataset": {"uri": "facts.jsonl"}}, "LocalPath", "spec.dataset.uri"),
         ({**SPEC, "output": {"uri": "/tmp/runs"}}, "LocalPath", "spec.output.uri"),
+        ({**SPEC, "memory": {"parent": "runs/facts-v1"}}, "LocalPath", "spec.memory.parent"),
     ],
-    ids=["string-for-int", "not-power-of-two", "no-dataset", "local-dataset", "local-output"],
+    ids=["string-for-int", "not-power-of-two", "no-dataset", "local-dataset", "local-output", "local-parent"],
 )
 async def test_bad_resources_fail_naming_the_field(
     cluster: Cluster, operator: OperatorProcess, spec: dict, reason: str, named: str

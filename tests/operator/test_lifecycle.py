@@ -68,6 +68,20 @@ async def test_job_runs_to_success(cluster: Cluster, operator: OperatorProcess) 
     assert reasons == ["Created", "Running", "Succeeded"]
 
 
+async def test_job_grown_from_a_parent_is_scheduled_like_any_other(cluster: Cluster, operator: OperatorProcess) -> None:
+    """GitOps (docs/cluster.md): a new dataset version is a new job naming the previous job's output as its parent;
+    the operator schedules it as it does any job and the pod's spec file carries the parent for the trainer."""
+    memory = {"parent": "s3://runs/nba", "mode": "replace"}
+    await cluster.apply_job("nba-v2", {**SPEC, "output": {"uri": "s3://runs/nba-v2"}, "memory": memory})
+    child = await until(lambda: cluster.get(PYTORCHJOBS, "nba-v2-0"))
+    validate_pytorchjob(child)
+    config_map = cluster.get(CONFIG_MAPS, "nba-v2-0-spec")
+    validate_builtin(config_map)
+    spec = parse_job(yaml.safe_load(config_map["data"]["job.yaml"])).spec
+    assert (spec.memory.parent, spec.memory.mode) == ("s3://runs/nba", "replace")
+    await until(lambda: cluster.status("nba-v2").get("phase") == "Queued")
+
+
 async def _running(cluster: Cluster, job: str, attempt: int) -> None:
     child = f"{job}-{attempt}"
     await until(lambda: cluster.get(PYTORCHJOBS, child))

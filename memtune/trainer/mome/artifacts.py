@@ -10,6 +10,10 @@ Layout of a run folder (format_version 1):
     keys.safetensors          routing keys (N, d) and each key's expert (N,)
     index.faiss               faiss.serialize_index bytes (never pickle)
     anchors.json              each question's anchor words for the gate (absent when the anchor check is off)
+    facts.jsonl               each question (slot order) with its answer and whether training learned it: what a
+                              child run diffs its dataset against (tuning/incremental.py)
+    calibration.safetensors   the gate calibration's probe keys (tuning/recalibrate.py), so that a child run extends
+                              it instead of measuring it again (absent without a calibrated gate)
     loss_curve.json, loss_curve.png
     manifest.json             sha256 of every file above, written last: its presence is the commit
 
@@ -42,6 +46,8 @@ from memtune.trainer.mome.memory import Memory, MemoryLayout
 
 RUN_FORMAT = 1
 META_NAME = "memtune.json"
+FACTS_NAME = "facts.jsonl"
+CALIBRATION_NAME = "calibration.safetensors"
 # Experts per shard file: bounded files for object storage, any bank size.
 SHARD_BYTES = 256 * 1024 * 1024
 
@@ -87,10 +93,18 @@ def _shard_ranges(count: int, bytes_per_expert: int) -> list[range]:
 
 
 def save_run(
-    folder: Path, memory: Memory, meta: dict[str, Any], job_document: dict[str, Any], curve: list[dict[str, float]]
+    folder: Path,
+    memory: Memory,
+    meta: dict[str, Any],
+    job_document: dict[str, Any],
+    curve: list[dict[str, float]],
+    files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write every file of a run, then the manifest. `meta` must hold base_model {id, sha256} and cache_key."""
+    """Write every file of a run, then the manifest. `meta` must hold base_model {id, sha256} and cache_key;
+    `files`: further files by name (facts.jsonl, calibration.safetensors), covered by the manifest like the rest."""
     folder.mkdir(parents=True, exist_ok=False)
+    for name, data in (files or {}).items():
+        (folder / name).write_bytes(data)
     count, params = memory.num_experts, memory.params
     bytes_per_expert = memory.bank.bytes_per_expert
     ranges = _shard_ranges(count, bytes_per_expert)
@@ -203,22 +217,24 @@ def load_memory(run: RunInfo, base_sha256: str, *, lazy: bool = False) -> Memory
     return Memory(layout, bank, keys["keys"], keys["slot_expert"], index, plan, anchors)
 
 
-def fetch_run(uri: str) -> Path:
-    """Download the latest committed run of an s3 job output (or one run) into `$MEMTUNE_HOME/runs-cache`.
+def fetch_run(uri: str, cache: Path | None = None) -> Path:
+    """Download the latest committed run of an s3 job output (or one run) into `cache` (default
+    `$MEMTUNE_HOME/runs-cache`).
 
     `storage.fetch_folder` verifies every checksum before the folder appears, and reuses an identical copy.
     """
     run = storage.latest_committed_run(uri) or uri  # not a job output: a run, which must hold a manifest
     name = f"{PurePosixPath(run.rstrip('/')).name}-{hashlib.sha256(run.encode()).hexdigest()[:12]}"
-    target = memtune_home() / "runs-cache" / name
+    target = (cache or memtune_home() / "runs-cache") / name
     storage.fetch_folder(run, target)
     return target
 
 
-def resolve_run(model_ref: str | Path) -> Path | None:
-    """A run folder, the latest committed run of a job output, or None when `model_ref` is neither."""
+def resolve_run(model_ref: str | Path, cache: Path | None = None) -> Path | None:
+    """A run folder, the latest committed run of a job output, or None when `model_ref` is neither; an s3 run is
+    fetched into `cache` (fetch_run)."""
     if is_remote(str(model_ref)):
-        return fetch_run(str(model_ref))
+        return fetch_run(str(model_ref), cache)
     path = Path(str(model_ref).removeprefix("file://")).expanduser()
     if (path / MANIFEST_NAME).is_file():
         return path

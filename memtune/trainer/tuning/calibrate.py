@@ -131,17 +131,24 @@ def _other_number(text: str) -> str:
 
 
 def neighbour_probes(
-    questions: Sequence[str], evidence: Sequence[Evidence], limit: int = NEAR_SAMPLE, seed: int = 0
+    questions: Sequence[str],
+    evidence: Sequence[Evidence],
+    limit: int = NEAR_SAMPLE,
+    seed: int = 0,
+    among: Sequence[int] | None = None,
 ) -> list[tuple[str, str]]:
     """Untrained neighbours of a seeded sample of trained questions, as (prompt, kind): the question with another
     number ("number"), another question's name in place of its own ("entity"), and another question's relation
-    asked of its name ("relation"). Every probe that happens to be a trained question is left out."""
+    asked of its name ("relation"). Every probe that happens to be a trained question is left out.
+
+    among: draw the sample from these questions only (a grown memory's new ones); names come from all of them."""
     rng = random.Random(seed)  # noqa: S311 - not crypto
     trained = set(questions)
     spans = [_name_span(q, e) for q, e in zip(questions, evidence, strict=True)]
     named = [i for i, span in enumerate(spans) if span is not None]
     probes: list[tuple[str, str]] = []
-    for i in sorted(rng.sample(range(len(questions)), min(limit, len(questions)))):
+    pool = range(len(questions)) if among is None else list(among)
+    for i in sorted(rng.sample(pool, min(limit, len(pool)))):
         question, span = questions[i], spans[i]
         hard = [unit for unit in units_of(question) if unit.hard]
         if hard:

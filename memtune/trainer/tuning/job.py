@@ -38,7 +38,7 @@ from memtune.manifest import IntegrityError
 from memtune.spec import MemoryTuningJob, SpecError, is_remote
 from memtune.trainer.mome.anchors import Anchors, evidence
 from memtune.trainer.mome.architecture import architecture
-from memtune.trainer.mome.artifacts import META_NAME, runs_dir, save_run
+from memtune.trainer.mome.artifacts import CALIBRATION_NAME, FACTS_NAME, META_NAME, runs_dir, save_run
 from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel, decoder_layers, load_base_model
 from memtune.trainer.mome.devices import DTYPES, resolve_device, resolve_dtype
@@ -48,13 +48,25 @@ from memtune.trainer.mome.keys import answer_tokens, question_keys, tokenize_pro
 from memtune.trainer.mome.memory import Memory, MemoryLayout
 from memtune.trainer.mome.model import MemoryModel
 from memtune.trainer.tuning.assign import assign_experts
-from memtune.trainer.tuning.calibrate import FAR_PROBES, calibrate, near_probes, neighbour_probes
+from memtune.trainer.tuning.calibrate import near_probes, neighbour_probes
 from memtune.trainer.tuning.checkpoint import checkpoint_uri, load_checkpoint, save_checkpoint
 from memtune.trainer.tuning.distributed import SINGLE, RankGroup
 from memtune.trainer.tuning.encode import encode_examples
+from memtune.trainer.tuning.incremental import (
+    Fact,
+    FrozenRows,
+    build_child,
+    check_compatible,
+    diff_facts,
+    facts_bytes,
+    load_parent,
+    open_parent,
+)
+from memtune.trainer.tuning.optim import make_optimizer
+from memtune.trainer.tuning.recalibrate import ProbeKeys, measure
 from memtune.trainer.tuning.schedule import plan_schedule
 from memtune.trainer.tuning.store import EncodedStore
-from memtune.trainer.tuning.train import StepReport, TrainSetup, train_experts
+from memtune.trainer.tuning.train import StepReport, TrainResult, TrainSetup, train_experts
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +90,12 @@ class RunSummary:
     max_steps: int = 0
     schedule: dict[str, Any] = field(default_factory=dict)
     """How `learning_rate` was applied (schedule.py): expert_lr, updates_per_fact, facts_per_step, micro_batches."""
+    parent: dict[str, Any] | None = None
+    """A grown memory's parent run {uri, run_id, manifest_sha256, cache_key} (incremental.py); None without one."""
+    diff: dict[str, int] | None = None
+    """A grown memory's questions against its parent's: added, updated, forgotten, unchanged, kept_by_append,
+    retrained (unchanged questions trained again because they share or route through a trained expert),
+    forgotten_gated (forgotten questions the gate closes on)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,14 +131,20 @@ def unlearned_message(questions: list[str], count: int, recall: float, steps: in
 TRAINING_REVISION = 6
 
 
-def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob) -> str:
-    """Identity of a training result: base weights, data, Lamini's args, memtune's memory knobs and revision."""
+def cache_key(base_sha256: str, data_id: str, job: MemoryTuningJob, parent: str | None = None) -> str:
+    """Identity of a training result: base weights, data, Lamini's args, memtune's memory knobs and revision.
+
+    parent: the sha256 of the parent run's manifest, for a grown memory. It stands in the key for `memory.parent`,
+    which may name a job output whose newest run changes; a job without a parent keys as before parents existed."""
+    memory = job.spec.memory.model_dump(mode="json", exclude={"parent", "mode"})
+    if parent is not None:
+        memory |= {"parent": parent, "mode": job.spec.memory.mode}
     document = {
         "revision": TRAINING_REVISION,
         "base": base_sha256,
         "dataset": data_id,
         "finetuneArgs": job.spec.finetuneArgs.model_dump(mode="json"),
-        "memory": job.spec.memory.model_dump(mode="json"),
+        "memory": memory,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
@@ -191,13 +215,12 @@ def _scratch_runs() -> Path:
 
 def _calibrated_threshold(
     base: LoadedModel, questions: list[str], keys: torch.Tensor, key_layer: int, seed: int
-) -> dict[str, float]:
-    probes, owners = near_probes(questions, seed=seed)
-    result = calibrate(
-        keys, question_keys(base, probes, key_layer), owners, question_keys(base, list(FAR_PROBES), key_layer)
-    )
+) -> tuple[dict[str, float], ProbeKeys]:
+    """The calibration and the probe keys it measured (kept in the run, so that a child run extends them)."""
+    probes = measure(base, questions, key_layer, seed)
+    result = probes.calibrate(keys)
     log.info("gate calibrated: %s", result.to_dict())
-    return result.to_dict()
+    return result.to_dict(), probes
 
 
 def build_memory(
@@ -207,8 +230,9 @@ def build_memory(
     layout: MemoryLayout,
     encoded: EncodedStore,
     group: RankGroup = SINGLE,
-) -> tuple[Memory, dict]:
-    """Frozen pass into `encoded`, expert assignment, index and gate; returns the untrained memory and gate info.
+) -> tuple[Memory, dict, ProbeKeys | None]:
+    """Frozen pass into `encoded`, expert assignment, index and gate; returns the untrained memory, gate info and
+    the calibration's probe keys (None when not calibrated, or on ranks other than 0).
 
     Each rank encodes only the examples it owns (the store has None for the others); the keys are all-gathered.
     Encoded examples go to a scratch file (store.py): resident memory does not grow with the facts.
@@ -241,11 +265,13 @@ def build_memory(
     plan = plan_index(args.index_method, len(keys), hidden, args)
     index = build_index(keys.numpy(), plan)
     gate: dict[str, Any] = {"mode": job.spec.memory.gate}
+    probes = None
     # Only rank 0 writes the gate into the run; training routes are never gated.
     if job.spec.memory.gate == "calibrated" and layout.threshold is None and group.is_rank0:
-        gate.update(
-            _calibrated_threshold(base, [e.input for e in examples], keys, layout.key_layer, job.spec.memory.seed)
+        calibration, probes = _calibrated_threshold(
+            base, [e.input for e in examples], keys, layout.key_layer, job.spec.memory.seed
         )
+        gate.update(calibration)
         layout.threshold = gate["threshold"]
     anchors = None
     if layout.threshold is not None and job.spec.memory.anchorShare > 0 and group.is_rank0:
@@ -259,7 +285,7 @@ def build_memory(
     if anchors is not None:
         gate["probes"] = _gate_report(base, memory, [e.input for e in examples], job.spec.memory.seed)
         log.info("gate at calibration: %s", gate["probes"])
-    return memory, gate
+    return memory, gate, probes
 
 
 def _gate_report(base: LoadedModel, memory: Memory, questions: list[str], seed: int) -> dict[str, Any]:
@@ -333,19 +359,26 @@ def run_job(
     group: RankGroup = SINGLE,
     device: str | None = None,
     dtype: str | None = None,
+    base: LoadedModel | None = None,
 ) -> RunSummary:
     """Train (or reuse) the job's memory and commit a run folder under `spec.output.uri`; resume a checkpoint.
 
     device / dtype (devices.py): where the base model runs and in which precision; auto is CUDA in bfloat16 when
     torch sees a GPU (under several ranks, the rank's own GPU), else the CPU in float32, said in a log line. The
-    experts and their optimizer state are float32 on the same device; the run stores them in memory.expertDtype."""
+    experts and their optimizer state are float32 on the same device; the run stores them in memory.expertDtype.
+
+    With `memory.parent` the run grows from that run (incremental.py): only new and changed questions are trained.
+    base: the job's base model already loaded on its device (a process running many jobs loads it once)."""
     started = time.perf_counter()
     spec, args = job.spec, job.spec.finetuneArgs
     examples = load_examples(spec.dataset, args.max_finetuning_examples)
-    run_device = resolve_device(device)
-    run_dtype = resolve_dtype(dtype, run_device)
-    base = load_base_model(spec.baseModel, dtype=run_dtype)
-    base.model.to(run_device)
+    # the parent is found and its checksums verified before the base model loads: a bad one costs nothing
+    parent_ref = open_parent(spec.memory.parent) if spec.memory.parent is not None else None
+    run_device = resolve_device(device) if base is None else base.device
+    run_dtype = resolve_dtype(dtype, run_device) if base is None else next(base.model.parameters()).dtype
+    if base is None:
+        base = load_base_model(spec.baseModel, dtype=run_dtype)
+        base.model.to(run_device)
     tokenizer = base.tokenizer
     check_lengths(
         examples,
@@ -353,10 +386,10 @@ def run_job(
         args.max_length,
     )
     data_id = dataset_id(examples)
-    key = cache_key(base.sha256, data_id, job)
+    key = cache_key(base.sha256, data_id, job, parent_ref.identity if parent_ref is not None else None)
     if use_cached_model and (previous := reusable_run(spec.output.uri, key)) is not None:
         location, meta = previous
-        log.info("reusing %s (same base model, dataset, finetune args and memory config)", location)
+        log.info("reusing %s (same base model, dataset, finetune args, memory config and parent)", location)
         metrics = meta["metrics"]
         reused = RunSummary(
             location,
@@ -370,13 +403,19 @@ def run_job(
             metrics.get("unlearned_count", 0),
             args.max_steps,
             meta.get("schedule", {}),
+            meta.get("parent"),
+            meta.get("diff"),
         )
         if reused.unlearned_count:
             log.warning("%s", reused.unlearned_message())
         return reused
 
-    # Every check that can fail runs before training: the layout, and that the run can be written where it goes.
+    # Every check that can fail runs before training: the layout, the parent, and that the run can be written.
     layout = plan_layout(job, len(decoder_layers(base.model)))
+    parent = diff = None
+    if parent_ref is not None:
+        parent = load_parent(parent_ref, base.sha256)
+        check_compatible(parent, job, layout)
     remote = is_remote(spec.output.uri)
     storage.check_writable(spec.output.uri)
     scratch = _scratch_runs() if remote else None
@@ -384,43 +423,65 @@ def run_job(
         storage.check_writable(str(scratch))
     lines = len(examples)
     examples = _one_answer_per_question(examples)
-    schedule = plan_schedule(args, spec.memory.batchSize, len(examples))
+    if parent is not None:
+        diff = diff_facts(parent.facts, examples, spec.memory.mode)
+        log.info("against the parent %s: %s", parent.ref.run_id, diff.summary())
+    trains = len(examples) if diff is None else max(1, len(diff.updated) + len(diff.added))
+    schedule = plan_schedule(args, spec.memory.batchSize, trains)
     log.info("schedule for learning_rate %g (Lamini's scale): %s", args.learning_rate, schedule.to_dict())
     trainer_args = schedule.trainer_args(args)
     encoded = EncodedStore(len(examples), os.environ.get(ENV_SCRATCH))
-    model = None
+    model = child = None
     try:
-        memory, gate = build_memory(base, examples, job, layout, encoded, group)
+        if parent is None or diff is None:
+            memory, gate, probes = build_memory(base, examples, job, layout, encoded, group)
+            facts = [Fact(e.input, e.output, False) for e in examples]
+            trained = list(range(len(examples)))
+        else:
+            child = build_child(base, parent, diff, job, layout, encoded, group)
+            memory, gate, probes, facts, trained = child.memory, child.gate, child.probes, child.facts, child.trained
+            encoded.count = len(trained)  # the store holds the trained questions only, in `trained` order
         model = MemoryModel(base, memory)  # the hooks and the router generation will use
-        routes = model.training_route([e.input for e in examples])
-        # (N, k) each: rank 0's index decides, so no rank can route differently
-        group.broadcast_(routes.experts)
-        group.broadcast_(routes.weights)
+        questions = [facts[slot].input for slot in trained]
+        # (M, k) each, as generation routes the trained questions: rank 0's index decides, so no rank differs
+        routes = model.router(memory.keys[trained], questions).route if trained else None
+        if routes is not None:
+            group.broadcast_(routes.experts)
+            group.broadcast_(routes.weights)
         checkpoints = checkpoint_uri(spec.output.uri, key)
         resumed = load_checkpoint(checkpoints, memory.params, trainer_args)
         optimizer, state = resumed if resumed is not None else (None, None)
-        setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
-        result = train_experts(
-            setup,
-            trainer_args,
-            spec.memory.batchSize,
-            spec.memory.stopLoss,
-            _report_progress(show_progress, on_step),
-            partial(save_checkpoint, checkpoints, memory.params, args.save_steps) if group.is_rank0 else None,
-            group=group,
-            optimizer=optimizer,
-            state=state,
-            store_dtype=DTYPES[spec.memory.expertDtype],
-        )
+        if child is not None:  # the parent's untouched experts stay byte for byte
+            optimizer = FrozenRows(
+                optimizer or make_optimizer(trainer_args.optim, memory.params, trainer_args.learning_rate),
+                child.plan.trainable,
+            )
+        result = TrainResult(0, 0.0, torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+        if routes is not None:
+            setup = TrainSetup(base.model, model.hooks, layout.expert_layers[0], encoded, routes, memory.params)
+            result = train_experts(
+                setup,
+                trainer_args,
+                spec.memory.batchSize,
+                spec.memory.stopLoss,
+                _report_progress(show_progress, on_step),
+                partial(save_checkpoint, checkpoints, memory.params, args.save_steps) if group.is_rank0 else None,
+                group=group,
+                optimizer=optimizer,
+                state=state,
+                store_dtype=DTYPES[spec.memory.expertDtype],
+            )
     finally:
         if model is not None:
             model.close()
         encoded_bytes = encoded.disk_bytes
         encoded.close()
-    if show_progress:
+    if show_progress and routes is not None:
         print()
-    recall = float(result.exact.float().mean())
-    missed = [examples[i].input for i in (~result.exact).nonzero()[:, 0].tolist()]
+    for slot, exact in zip(trained, result.exact.tolist(), strict=True):
+        facts[slot] = Fact(facts[slot].input, facts[slot].output, bool(exact))
+    recall = sum(fact.learned for fact in facts) / len(facts)
+    missed = [fact.input for fact in facts if not fact.learned]
     if not group.is_rank0:
         return RunSummary("", False, result.steps, result.final_loss, recall, time.perf_counter() - started)
     if missed:
@@ -432,7 +493,8 @@ def run_job(
         "final_loss": result.final_loss,
         "recall": recall,
         "examples": lines,
-        "questions": len(examples),
+        "questions": len(facts),
+        "trained": len(trained),
         "unlearned_count": len(missed),
         "unlearned": missed[:UNLEARNED_KEPT],
     }
@@ -446,13 +508,18 @@ def run_job(
         "schedule": schedule.to_dict(),
         "trained_on": {"device": str(run_device), "dtype": str(run_dtype).removeprefix("torch.")},
         # generation's default budget covers it (model.py): a trained answer is never cut by default
-        "longest_answer_tokens": max(len(answer_tokens(tokenizer, e.output)) for e in examples),
-        "footprint": _peaks(run_device, len(examples), encoded_bytes),
+        "longest_answer_tokens": max(len(answer_tokens(tokenizer, fact.output)) for fact in facts),
+        "footprint": _peaks(run_device, len(trained), encoded_bytes),
     }
+    if parent is not None and child is not None:
+        meta |= {"parent": parent.ref.to_dict(), "diff": child.diff}
     curve = [{"step": p.step, "loss": p.loss, "learned": p.learned, "seconds": p.seconds} for p in result.curve]
     memory.bank = TensorBank({name: t.to(DTYPES[spec.memory.expertDtype]) for name, t in memory.params.items()})
+    files = {FACTS_NAME: facts_bytes(facts)}
+    if probes is not None:
+        files[CALIBRATION_NAME] = probes.to_bytes()
     try:
-        save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve)
+        save_run(folder, memory, meta, job.model_dump(mode="json", exclude_none=True), curve, files)
     except OSError as error:  # a full disk half way: no partial run folder stays behind
         shutil.rmtree(folder, ignore_errors=True)
         raise storage.local_error("write the run", str(folder), error) from error
@@ -478,4 +545,6 @@ def run_job(
         len(missed),
         args.max_steps,
         schedule.to_dict(),
+        meta.get("parent"),
+        meta.get("diff"),
     )
