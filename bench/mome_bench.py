@@ -122,6 +122,7 @@ def main() -> None:
         }
     )
     load_before, started_at = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = run_job(job, use_cached_model=False, show_progress=True)
     print(summary)
 
@@ -159,8 +160,7 @@ def main() -> None:
         "unrelated_prompts": len(bench.unrelated),
         "latency": speed,
         "load_average": {"start": load_before, "end": os.getloadavg()[0], "cores": os.cpu_count()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        or "unknown",
+        "commit": commit or "unknown",  # read when the run started: the code it ran
         "date": started_at,
         "run_dir": summary.run_dir,
     }
