@@ -163,7 +163,12 @@ def test_forget_command_commits_a_run_without_the_questions(
     from memtune.trainer.mome.model import MemoryModel
 
     _, job, summary = grown
-    monkeypatch.setenv("MEMTUNE_HOME", str(tmp_path / "home"))  # where forget stores the remaining facts' dataset
+    from memtune.data import memtune_home
+
+    home = tmp_path / "home"  # where forget stores the remaining facts' dataset
+    home.mkdir()
+    (home / "models").symlink_to(memtune_home() / "models")  # the base model as converted for this session
+    monkeypatch.setenv("MEMTUNE_HOME", str(home))
     questions = write_jsonl(tmp_path / "q.jsonl", [{"input": facts[0]["input"]}])
     result = CliRunner().invoke(app, ["forget", "--model", summary.run_dir, "--input-file", str(questions)])
     assert result.exit_code == 0, result.output

@@ -124,6 +124,9 @@ def _convert_packaged(alias: str, target: Path) -> None:
     source = Path(next(iter(spec.submodule_search_locations)))
     log.info("converting %s from %s (one time, ~20 s)", alias, source / file_name)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=file_name)
+    # A load-time option, saved into tokenizer_config.json by save_pretrained: it would make the folder's identity
+    # depend on whether the hub was offline during conversion.
+    tokenizer.init_kwargs.pop("local_files_only", None)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=file_name, dtype=torch.float32)
     # The de-quantized weights are plain float32; drop the GGUF quantizer so save_pretrained writes safetensors.
     model.hf_quantizer = None
