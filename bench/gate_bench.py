@@ -82,6 +82,7 @@ def main() -> None:
         }
     )
     load_start, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M")
+    commit = _commit()  # at the start: the code this run ran
     summary = run_job(job, use_cached_model=False, show_progress=True)
     meta = json.loads((Path(summary.run_dir) / "memtune.json").read_text(encoding="utf-8"))
 
@@ -126,7 +127,7 @@ def main() -> None:
         ),
         "per_family": {name: dict(counts) for name, counts in sorted(per_family.items())},
         "calibration": meta["gate"],
-        "commit": _commit(),
+        "commit": commit,
         "date": started,
         "load_average": {"start": load_start, "end": os.getloadavg()[0], "cores": os.cpu_count()},
     }

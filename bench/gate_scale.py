@@ -105,6 +105,8 @@ def main() -> None:
     )
     key_layer = plan_layout(job, len(architecture(base.model).layers)).key_layer
     load_start, date = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M")
+    # read at the start: the code this run ran
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     # Evidence and keys depend on each question alone: computed once for the largest memory, sliced for the others.
     largest = load_records(max(options.facts))
     started = time.perf_counter()
@@ -117,7 +119,6 @@ def main() -> None:
         sample = random.Random(0).sample(records, min(options.sample, len(records)))
         rows.append(measure(base, records, sample, key_layer, job.spec.memory.anchorShare, seen, keys))
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {
         "sizes": rows,
         "commit": commit,

@@ -85,6 +85,7 @@ def main() -> None:
         }
     )
     load_start, date = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M")
+    commit = _commit()  # at the start: the code this run ran
     summary = run_job(job, use_cached_model=False, show_progress=True)
     print(flush=True)
 
@@ -116,7 +117,7 @@ def main() -> None:
         "locality_prompts": len(near),
         "locality_excluded_edited_subject": excluded,
         "eval_seconds": round(eval_seconds, 1),
-        "commit": _commit(),
+        "commit": commit,
         "date": date,
         "load_average": {"start": load_start, "end": os.getloadavg()[0], "cores": os.cpu_count()},
     }
