@@ -47,10 +47,21 @@ mkdir -p /etc/memtune /scratch
 mount --bind "$1" /etc/memtune && mount -o remount,bind,ro /etc/memtune
 mount --bind "$2" /scratch
 mount --bind "$3" /dev/termination-log
-mount --bind "$4" /tmp
-shift 4
+for name in $5; do mkdir -p "$4/$name" && mount --bind "/tmp/$name" "$4/$name"; done
+mount --rbind "$4" /tmp
+shift 5
 exec "$@"
 """
+
+
+def kept_under_tmp() -> str:
+    """The top-level /tmp entries holding this checkout or its venv (a CI copy lives in /tmp): the pod's /tmp emptyDir
+    covers /tmp, so they are bound into it first, or the pod's `python` and the code would vanish."""
+    venv = Path(sys.executable).parent.parent  # as image_env puts it on PATH, and where it really is
+    places = (ROOT, ROOT.resolve(), venv, venv.resolve())
+    return " ".join(
+        sorted({place.parts[2] for place in places if place.parts[:3][:2] == ("/", "tmp") and len(place.parts) > 2})
+    )
 
 
 def image_env() -> dict[str, str]:
@@ -145,7 +156,7 @@ def test_a_two_process_pod_starts_both_ranks(backend: str, bucket: str, s3_serve
     termination = tmp_path / "termination-log"
     termination.touch()
     env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared 2-core machine (not the pod's: a test machine's need)
-    mounts = [str(spec_dir), str(scratch), str(termination), str(tmp)]
+    mounts = [str(spec_dir), str(scratch), str(termination), str(tmp), kept_under_tmp()]
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", MOUNTS, "sh", *mounts,
                *container["command"], *(container.get("args") or [])]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
