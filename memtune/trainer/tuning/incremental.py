@@ -64,7 +64,7 @@ from memtune.trainer.mome.bank import TensorBank
 from memtune.trainer.mome.base import LoadedModel
 from memtune.trainer.mome.experts import Route, init_experts
 from memtune.trainer.mome.index import build_index, plan_index
-from memtune.trainer.mome.keys import question_keys, tokenize_prompt
+from memtune.trainer.mome.keys import tokenize_prompt
 from memtune.trainer.mome.memory import Memory, MemoryLayout
 from memtune.trainer.mome.router import Routing
 from memtune.trainer.tuning import recalibrate
@@ -557,16 +557,9 @@ def _gate_report(
     near, local = near_probes([questions[slot] for slot in sample], limit=len(sample))
     owners = [sample[i] for i in local]
     neighbours = neighbour_probes(questions, memory.anchors.slots, limit=len(sample), seed=seed, among=sample)
-    texts = near + [text for text, _ in neighbours]
-    routing = memory.router()(question_keys(base, texts, memory.layout.key_layer), texts)
-    picked = routing.route.experts[:, 0]
-    admitted = [not routing.gated[i] and picked[i] == memory.slot_expert[owner] for i, owner in enumerate(owners)]
-    report: dict[str, Any] = {"rewordings": len(near), "rewordings_admitted": int(sum(admitted))}
-    for kind in ("number", "entity", "relation"):
-        rows = [len(near) + i for i, (_, k) in enumerate(neighbours) if k == kind]
-        report[f"{kind}_neighbours"] = len(rows)
-        report[f"{kind}_neighbours_blocked"] = int(routing.gated[rows].sum()) if rows else 0
-    return report
+    from memtune.trainer.tuning.job import probe_report  # job.py imports this module
+
+    return probe_report(base, memory, near, owners, neighbours)
 
 
 def forget_job(model_ref: str, questions: Sequence[tuple[int, str]], output: str | None = None) -> MemoryTuningJob:

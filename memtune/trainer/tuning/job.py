@@ -294,6 +294,14 @@ def _gate_report(base: LoadedModel, memory: Memory, questions: list[str], seed: 
     near, owners = near_probes(questions, seed=seed)
     assert memory.anchors is not None
     neighbours = neighbour_probes(questions, memory.anchors.slots, seed=seed)
+    return probe_report(base, memory, near, owners, neighbours)
+
+
+def probe_report(
+    base: LoadedModel, memory: Memory, near: list[str], owners: list[int], neighbours: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Route the probes through the finished memory: rewordings `near` (of trained questions `owners`) admitted to
+    their own expert, and `neighbours` (text, kind: number / entity / relation) gated, counted per kind."""
     texts = near + [text for text, _ in neighbours]
     routing = memory.router()(question_keys(base, texts, memory.layout.key_layer), texts)
     chosen = routing.route.experts[:, 0]
